@@ -1,0 +1,16 @@
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+
+pub mod cpu;
+mod device;
+mod element;
+mod error;
+mod options;
+mod shape;
+
+pub use device::{Device, DeviceRequest};
+pub use element::{DType, Element};
+pub use error::{Error, IgnoreIndexDisplay, Result};
+pub use half::{bf16, f16};
+pub use options::{Activation, CrossEntropyOptions, Reduction, Upstream};
+pub use shape::Shape;
