@@ -55,7 +55,8 @@ impl std::str::FromStr for DType {
 /// A storage type the ops accept: `f32`, `f64`, [`half::f16`] or [`half::bf16`].
 ///
 /// f16 and bf16 are read, widened to f32, computed in f32 and rounded once on store; f32 is
-/// computed in f32 and f64 in f64. The trait is sealed.
+/// computed in f32 and f64 in f64. The trait is sealed; its hidden methods are the bulk
+/// conversions the CPU engine uses chunk by chunk.
 pub trait Element: sealed::Sealed + Copy + Default + Send + Sync + std::fmt::Debug + 'static {
     /// The storage type as a value.
     const DTYPE: DType;
@@ -68,49 +69,32 @@ pub trait Element: sealed::Sealed + Copy + Default + Send + Sync + std::fmt::Deb
 
     /// Rounds an f64 to this type (round to nearest even).
     fn from_f64(value: f64) -> Self;
+
+    /// Borrows the buffer as compute precision when the two types are the same.
+    #[doc(hidden)]
+    fn as_accum(src: &[Self]) -> Option<&[Self::Accum]>;
+
+    /// Mutable twin of [`Element::as_accum`].
+    #[doc(hidden)]
+    fn as_accum_mut(dst: &mut [Self]) -> Option<&mut [Self::Accum]>;
+
+    /// Widens `src` into `dst` (same length).
+    #[doc(hidden)]
+    fn widen(src: &[Self], dst: &mut [Self::Accum]);
+
+    /// Rounds `src` into `dst` (same length).
+    #[doc(hidden)]
+    fn narrow(src: &[Self::Accum], dst: &mut [Self]);
 }
 
-pub(crate) mod sealed {
-    /// Bulk conversions between storage and compute precision, used chunk by chunk by the CPU
-    /// engine. Public in a private module so that [`super::Element`] stays sealed.
-    pub trait Sealed: Sized {
-        type Compute;
-
-        /// Borrows the buffer as compute precision when the two types are the same.
-        fn as_compute(src: &[Self]) -> Option<&[Self::Compute]>;
-
-        /// Mutable twin of [`Sealed::as_compute`].
-        fn as_compute_mut(dst: &mut [Self]) -> Option<&mut [Self::Compute]>;
-
-        /// Widens `src` into `dst` (same length).
-        fn widen(src: &[Self], dst: &mut [Self::Compute]);
-
-        /// Rounds `src` into `dst` (same length).
-        fn narrow(src: &[Self::Compute], dst: &mut [Self]);
-    }
+mod sealed {
+    /// Keeps [`super::Element`] implemented by this crate's four types only.
+    pub trait Sealed {}
 }
 
 macro_rules! impl_native {
     ($t:ty, $dtype:expr) => {
-        impl sealed::Sealed for $t {
-            type Compute = $t;
-
-            fn as_compute(src: &[Self]) -> Option<&[$t]> {
-                Some(src)
-            }
-
-            fn as_compute_mut(dst: &mut [Self]) -> Option<&mut [$t]> {
-                Some(dst)
-            }
-
-            fn widen(src: &[Self], dst: &mut [$t]) {
-                dst.copy_from_slice(src);
-            }
-
-            fn narrow(src: &[$t], dst: &mut [Self]) {
-                dst.copy_from_slice(src);
-            }
-        }
+        impl sealed::Sealed for $t {}
 
         impl Element for $t {
             const DTYPE: DType = $dtype;
@@ -123,6 +107,22 @@ macro_rules! impl_native {
             fn from_f64(value: f64) -> Self {
                 value as $t
             }
+
+            fn as_accum(src: &[Self]) -> Option<&[$t]> {
+                Some(src)
+            }
+
+            fn as_accum_mut(dst: &mut [Self]) -> Option<&mut [$t]> {
+                Some(dst)
+            }
+
+            fn widen(src: &[Self], dst: &mut [$t]) {
+                dst.copy_from_slice(src);
+            }
+
+            fn narrow(src: &[$t], dst: &mut [Self]) {
+                dst.copy_from_slice(src);
+            }
         }
     };
 }
@@ -132,37 +132,35 @@ impl_native!(f64, DType::F64);
 
 macro_rules! impl_half {
     ($t:ty, $dtype:expr) => {
-        impl sealed::Sealed for $t {
-            type Compute = f32;
-
-            fn as_compute(_: &[Self]) -> Option<&[f32]> {
-                None
-            }
-
-            fn as_compute_mut(_: &mut [Self]) -> Option<&mut [f32]> {
-                None
-            }
-
-            // `half` converts whole slices with F16C (f16) or AVX-512 BF16 where the CPU has them.
-            fn widen(src: &[Self], dst: &mut [f32]) {
-                src.convert_to_f32_slice(dst);
-            }
-
-            fn narrow(src: &[f32], dst: &mut [Self]) {
-                dst.convert_from_f32_slice(src);
-            }
-        }
+        impl sealed::Sealed for $t {}
 
         impl Element for $t {
             const DTYPE: DType = $dtype;
             type Accum = f32;
 
             fn to_f64(self) -> f64 {
-                self.to_f64()
+                <$t>::to_f64(self)
             }
 
             fn from_f64(value: f64) -> Self {
                 <$t>::from_f64(value)
+            }
+
+            fn as_accum(_: &[Self]) -> Option<&[f32]> {
+                None
+            }
+
+            fn as_accum_mut(_: &mut [Self]) -> Option<&mut [f32]> {
+                None
+            }
+
+            // `half` converts whole slices with F16C or AVX-512 instructions where the CPU has them.
+            fn widen(src: &[Self], dst: &mut [f32]) {
+                src.convert_to_f32_slice(dst);
+            }
+
+            fn narrow(src: &[f32], dst: &mut [Self]) {
+                dst.convert_from_f32_slice(src);
             }
         }
     };
