@@ -5,9 +5,13 @@ use half::{bf16, f16, slice::HalfFloatSliceExt};
 /// The storage type of a buffer, for messages, the command line and the GPU launchers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DType {
+    /// IEEE binary32.
     F32,
+    /// IEEE binary64.
     F64,
+    /// IEEE binary16 ([`half::f16`]).
     F16,
+    /// bfloat16 ([`half::bf16`]): f32's exponent range with an 8-bit significand.
     BF16,
 }
 

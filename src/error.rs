@@ -8,6 +8,7 @@ use crate::shape::Shape;
 /// Input errors (lengths, targets, options) are detected before any memory is written.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
+#[allow(missing_docs)] // each field is named in its variant's message
 pub enum Error {
     /// `rows` or `cols` is zero.
     #[error("invalid shape {rows} x {cols}: rows and cols must both be at least 1")]

@@ -1,0 +1,402 @@
+//! The element-wise passes over one chunk of a row, in compute precision.
+//!
+//! Notation for one row: `m = max_j z_j`, `t_i = e^(z_i - m)`, `a = sigmoid(m)`,
+//! `b = sigmoid(-m)`. Since `sigmoid(z) e^z = e^(z + log sigmoid(z))` and that exponent is
+//! increasing in `z`, the row max of `z` also maximizes the sigsoftmax numerator, and dividing
+//! every numerator by the max one gives
+//!
+//! `w_i = t_i^2 / (b + a t_i)`, in `[0, 1]`, with `y_i = w_i / sum_j w_j`.
+//!
+//! So the sum never overflows or underflows and each element costs one exponential. Softmax is
+//! the same with `w_i = t_i`.
+//!
+//! Sums use [`LANES`] independent accumulators combined in a fixed tree, so they vectorize and
+//! give the same bits on every instruction set.
+
+use super::math::{log_sigmoid, max_lane, select, sigmoid_neg, Real};
+use super::simd::Kernel;
+
+/// Independent accumulators per sum: one AVX-512 register of f32.
+const LANES: usize = 16;
+
+/// Per-row values every pass needs, computed once per row in f64.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RowConsts<A> {
+    /// The row max of `z`.
+    pub m: A,
+    /// `sigmoid(m)`.
+    pub a: A,
+    /// `sigmoid(-m)`, computed directly.
+    pub b: A,
+}
+
+impl<A: Real> RowConsts<A> {
+    pub fn new(m: A) -> Self {
+        let m64 = m.to_f64();
+        let a = A::from_f64(super::math::sigmoid_f64(m64));
+        let b = A::from_f64(super::math::sigmoid_f64(-m64));
+        Self { m, a, b }
+    }
+
+    /// `w_i` for one logit (see the module docs); exactly 0 for a masked logit.
+    #[inline(always)]
+    pub fn weight<const SIG: bool>(&self, z: A) -> A {
+        let t = (z - self.m).exp_lane();
+        if SIG {
+            // When t and b both underflow the true weight is 0, not 0/0: keep the divisor
+            // away from zero. t * (t / d) rather than t^2 / d keeps weights near t (large m)
+            // from underflowing through t^2.
+            let d = max_lane(self.b + self.a * t, A::MIN_POSITIVE);
+            t * (t / d)
+        } else {
+            t
+        }
+    }
+}
+
+/// Combines `map(x_i)` over a chunk into one value through [`LANES`] accumulators.
+#[inline(always)]
+fn reduce<A: Real>(x: &[A], init: A, map: impl Fn(A) -> A, combine: impl Fn(A, A) -> A) -> A {
+    let mut acc = [init; LANES];
+    let mut blocks = x.chunks_exact(LANES);
+    for block in &mut blocks {
+        for lane in 0..LANES {
+            acc[lane] = combine(acc[lane], map(block[lane]));
+        }
+    }
+    for (lane, &value) in blocks.remainder().iter().enumerate() {
+        acc[lane] = combine(acc[lane], map(value));
+    }
+    fold_lanes(acc, combine)
+}
+
+/// Combines the lanes pairwise in a fixed order.
+#[inline(always)]
+fn fold_lanes<A: Real>(mut acc: [A; LANES], combine: impl Fn(A, A) -> A) -> A {
+    let mut width = LANES;
+    while width > 1 {
+        width /= 2;
+        for lane in 0..width {
+            acc[lane] = combine(acc[lane], acc[lane + width]);
+        }
+    }
+    acc[0]
+}
+
+/// Sets `out_i = f(in_i)`, reading `input` when given and `out` itself otherwise, so the
+/// out-of-place ops need no copy.
+#[inline(always)]
+fn map_into<A: Real>(input: Option<&[A]>, out: &mut [A], f: impl Fn(A) -> A) {
+    match input {
+        Some(input) => {
+            for (out, &x) in out.iter_mut().zip(input) {
+                *out = f(x);
+            }
+        }
+        None => {
+            for out in out.iter_mut() {
+                *out = f(*out);
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn add<A: Real>(x: A, y: A) -> A {
+    x + y
+}
+
+/// The max of a chunk; NaN entries are skipped here and caught by the sums that follow.
+pub(crate) struct Max<'a, A>(pub &'a [A]);
+
+impl<A: Real> Kernel for Max<'_, A> {
+    type Output = A;
+
+    #[inline(always)]
+    fn run(self) -> A {
+        let mut acc = [A::NEG_INFINITY; LANES];
+        let mut blocks = self.0.chunks_exact(LANES);
+        for block in &mut blocks {
+            // `chunks_exact` yields exactly LANES elements; the array type lets LLVM see it.
+            if let Ok(block) = <&[A; LANES]>::try_from(block) {
+                acc = std::array::from_fn(|lane| max_lane(acc[lane], block[lane]));
+            }
+        }
+        for (lane, &z) in blocks.remainder().iter().enumerate() {
+            acc[lane] = max_lane(acc[lane], z);
+        }
+        fold_lanes(acc, max_lane)
+    }
+}
+
+/// The sum of a chunk.
+pub(crate) struct Sum<'a, A>(pub &'a [A]);
+
+impl<A: Real> Kernel for Sum<'_, A> {
+    type Output = A;
+
+    #[inline(always)]
+    fn run(self) -> A {
+        reduce(self.0, A::ZERO, |x| x, add)
+    }
+}
+
+/// `sum_i w_i` over a chunk of logits.
+pub(crate) struct WeightSum<'a, A, const SIG: bool> {
+    pub z: &'a [A],
+    pub consts: RowConsts<A>,
+}
+
+impl<A: Real, const SIG: bool> Kernel for WeightSum<'_, A, SIG> {
+    type Output = A;
+
+    #[inline(always)]
+    fn run(self) -> A {
+        let consts = self.consts;
+        reduce(self.z, A::ZERO, |z| consts.weight::<SIG>(z), add)
+    }
+}
+
+/// Writes the weights `w_i` of a chunk of logits and returns their sum.
+pub(crate) struct StoreWeights<'a, A, const SIG: bool> {
+    pub src: Option<&'a [A]>,
+    pub x: &'a mut [A],
+    pub consts: RowConsts<A>,
+}
+
+impl<A: Real, const SIG: bool> Kernel for StoreWeights<'_, A, SIG> {
+    type Output = A;
+
+    #[inline(always)]
+    fn run(self) -> A {
+        let consts = self.consts;
+        map_into(self.src, self.x, |z| consts.weight::<SIG>(z));
+        reduce(self.x, A::ZERO, |w| w, add)
+    }
+}
+
+/// Multiplies a chunk by a factor.
+pub(crate) struct Scale<'a, A> {
+    pub x: &'a mut [A],
+    pub factor: A,
+}
+
+impl<A: Real> Kernel for Scale<'_, A> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        for x in self.x.iter_mut() {
+            *x = *x * self.factor;
+        }
+    }
+}
+
+/// Writes the probabilities `w_i / sum` of a chunk of logits.
+pub(crate) struct Probabilities<'a, A, const SIG: bool> {
+    pub src: Option<&'a [A]>,
+    pub x: &'a mut [A],
+    pub consts: RowConsts<A>,
+    pub inverse_sum: A,
+}
+
+impl<A: Real, const SIG: bool> Kernel for Probabilities<'_, A, SIG> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        let consts = self.consts;
+        map_into(self.src, self.x, |z| consts.weight::<SIG>(z) * self.inverse_sum);
+    }
+}
+
+/// Writes the log probabilities of a chunk of logits,
+/// `l_i = (z_i - m) + log sigmoid(z_i) - shift`, where `shift = log sigmoid(m) + log sum_j w_j`
+/// (`l_i = (z_i - m) - log sum_j t_j` for softmax). Masked logits give `-inf`.
+pub(crate) struct LogProbabilities<'a, A, const SIG: bool> {
+    pub src: Option<&'a [A]>,
+    pub x: &'a mut [A],
+    pub m: A,
+    pub shift: A,
+}
+
+impl<A: Real, const SIG: bool> Kernel for LogProbabilities<'_, A, SIG> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        map_into(self.src, self.x, |z| {
+            // log sigmoid(z) - log sigmoid(m) is formed from two stable terms rather than from
+            // log(w_i), which would be log(0) once t_i underflows.
+            let sigmoid_term = if SIG { log_sigmoid(z) } else { A::ZERO };
+            (z - self.m) + sigmoid_term - self.shift
+        });
+    }
+}
+
+/// `sum_i a_i b_i` over a chunk.
+pub(crate) struct Dot<'a, A> {
+    pub a: &'a [A],
+    pub b: &'a [A],
+}
+
+impl<A: Real> Kernel for Dot<'_, A> {
+    type Output = A;
+
+    #[inline(always)]
+    fn run(self) -> A {
+        let mut acc = [A::ZERO; LANES];
+        let mut a_blocks = self.a.chunks_exact(LANES);
+        let mut b_blocks = self.b.chunks_exact(LANES);
+        for (a, b) in (&mut a_blocks).zip(&mut b_blocks) {
+            for lane in 0..LANES {
+                acc[lane] += a[lane] * b[lane];
+            }
+        }
+        for (lane, (&a, &b)) in a_blocks.remainder().iter().zip(b_blocks.remainder()).enumerate() {
+            acc[lane] += a * b;
+        }
+        fold_lanes(acc, add)
+    }
+}
+
+/// `d sigmoid-numerator / dz` relative to the numerator: `1 + sigmoid(-z)` (1 for softmax).
+#[inline(always)]
+fn slope<A: Real, const SIG: bool>(z: A) -> A {
+    if SIG {
+        A::ONE + sigmoid_neg(z)
+    } else {
+        A::ONE
+    }
+}
+
+/// `dz_i = slope(z_i) y_i (dy_i - dot)`; exactly 0 where `z_i` is masked.
+pub(crate) struct Backward<'a, A, const SIG: bool> {
+    pub z: &'a [A],
+    pub y: &'a [A],
+    pub dy: &'a [A],
+    pub dot: A,
+    pub dz: &'a mut [A],
+}
+
+impl<A: Real, const SIG: bool> Kernel for Backward<'_, A, SIG> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        let inputs = self.z.iter().zip(self.y).zip(self.dy);
+        for (dz, ((&z, &y), &dy)) in self.dz.iter_mut().zip(inputs) {
+            let value = slope::<A, SIG>(z) * y * (dy - self.dot);
+            *dz = select(z == A::NEG_INFINITY, A::ZERO, value);
+        }
+    }
+}
+
+/// `dz_i = slope(z_i) (dl_i - e^(l_i) sum)`; exactly 0 where `z_i` is masked, whatever `dl_i`.
+pub(crate) struct LogBackward<'a, A, const SIG: bool> {
+    pub z: &'a [A],
+    pub l: &'a [A],
+    pub dl: &'a [A],
+    pub sum: A,
+    pub dz: &'a mut [A],
+}
+
+impl<A: Real, const SIG: bool> Kernel for LogBackward<'_, A, SIG> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        let inputs = self.z.iter().zip(self.l).zip(self.dl);
+        for (dz, ((&z, &l), &dl)) in self.dz.iter_mut().zip(inputs) {
+            let value = slope::<A, SIG>(z) * (dl - l.exp_lane() * self.sum);
+            *dz = select(z == A::NEG_INFINITY, A::ZERO, value);
+        }
+    }
+}
+
+/// What cross-entropy needs from a chunk of logits besides the max.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct CrossEntropyStats<A> {
+    /// `sum_i w_i`.
+    pub weight_sum: A,
+    /// Over unmasked entries, `sum_i (z_i - m) + log sigmoid(z_i)`: the part of
+    /// `sum_i log y_i` that varies per entry. Only computed with label smoothing.
+    pub log_terms: A,
+    /// The number of unmasked entries (exact: a chunk is far below 2^24 entries).
+    pub unmasked: A,
+}
+
+impl<A: Real> CrossEntropyStats<A> {
+    pub fn combine(self, other: Self) -> Self {
+        Self {
+            weight_sum: self.weight_sum + other.weight_sum,
+            log_terms: self.log_terms + other.log_terms,
+            unmasked: self.unmasked + other.unmasked,
+        }
+    }
+}
+
+/// Cross-entropy statistics of a chunk; `SMOOTH` adds the terms label smoothing needs.
+pub(crate) struct CrossEntropyChunk<'a, A, const SIG: bool, const SMOOTH: bool> {
+    pub z: &'a [A],
+    pub consts: RowConsts<A>,
+}
+
+impl<A: Real, const SIG: bool, const SMOOTH: bool> Kernel for CrossEntropyChunk<'_, A, SIG, SMOOTH> {
+    type Output = CrossEntropyStats<A>;
+
+    #[inline(always)]
+    fn run(self) -> CrossEntropyStats<A> {
+        let consts = self.consts;
+        let weight_sum = reduce(self.z, A::ZERO, |z| consts.weight::<SIG>(z), add);
+        if !SMOOTH {
+            return CrossEntropyStats { weight_sum, ..Default::default() };
+        }
+        let log_terms = reduce(
+            self.z,
+            A::ZERO,
+            |z| {
+                let term = (z - consts.m) + if SIG { log_sigmoid(z) } else { A::ZERO };
+                select(z == A::NEG_INFINITY, A::ZERO, term)
+            },
+            add,
+        );
+        let unmasked = reduce(self.z, A::ZERO, |z| select(z == A::NEG_INFINITY, A::ZERO, A::ONE), add);
+        CrossEntropyStats { weight_sum, log_terms, unmasked }
+    }
+}
+
+/// Writes `slope(z_i) (scale_y w_i - smoothing)` for a chunk of logits: the gradient without
+/// the target's one-hot term, which the caller subtracts at the target. Masked entries get
+/// exactly 0.
+pub(crate) struct CrossEntropyGrad<'a, A, const SIG: bool> {
+    pub src: Option<&'a [A]>,
+    pub x: &'a mut [A],
+    pub consts: RowConsts<A>,
+    /// `upstream * Q / sum_j w_j`.
+    pub scale_y: A,
+    /// `upstream * eps / cols`, the smoothing mass on each unmasked entry.
+    pub smoothing: A,
+}
+
+impl<A: Real, const SIG: bool> Kernel for CrossEntropyGrad<'_, A, SIG> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        let consts = self.consts;
+        map_into(self.src, self.x, |z| {
+            let value = slope::<A, SIG>(z) * (self.scale_y * consts.weight::<SIG>(z) - self.smoothing);
+            select(z == A::NEG_INFINITY, A::ZERO, value)
+        });
+    }
+}
+
+/// The slope at one logit, for the target fix-up.
+pub(crate) fn slope_at(z: f64, sigmoid: bool) -> f64 {
+    if sigmoid {
+        slope::<f64, true>(z)
+    } else {
+        slope::<f64, false>(z)
+    }
+}

@@ -16,6 +16,7 @@ mod simd;
 
 pub use math::Real;
 pub use schedule::CHUNK;
+pub use simd::instruction_set;
 
 use crate::element::Element;
 use crate::error::{Error, IgnoreIndexDisplay, Result};
