@@ -221,8 +221,8 @@ impl MemoryPass {
 
     fn name(self) -> &'static str {
         match self {
-            MemoryPass::Copy => "parallel copy of the input matrix",
-            MemoryPass::Xor3 => "parallel xor of the three input matrices",
+            MemoryPass::Copy => "a parallel copy of z for ops that read one matrix",
+            MemoryPass::Xor3 => "an xor of z, y and dy for the backward ops",
         }
     }
 }

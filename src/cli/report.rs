@@ -72,10 +72,15 @@ pub fn format_table(measurements: &[Measurement]) -> String {
     let Some(first) = measurements.first() else {
         return String::new();
     };
-    let mut kinds: Vec<&str> = measurements.iter().map(|m| m.limit_kind).collect();
-    kinds.dedup();
+    let mut kinds: Vec<&str> = Vec::new();
+    for measurement in measurements {
+        if !kinds.contains(&measurement.limit_kind) {
+            kinds.push(measurement.limit_kind);
+        }
+    }
     let mut text = format!(
-        "device: {}, {} threads. limit: {}, timed alternately with each op in this run.\n\n",
+        "device: {}, {} threads. limit: {}, over the op's own buffers, timed alternately with \
+         the op in this run.\n\n",
         first.device,
         first.threads,
         kinds.join("; ")
