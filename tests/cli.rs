@@ -28,7 +28,7 @@ impl TempDir {
         self.0.join(name)
     }
 
-    /// The names of the files in the folder, sorted.
+    /// Lists the names of the files in the folder, sorted.
     fn file_names(&self) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(&self.0)
             .unwrap()
@@ -446,7 +446,7 @@ fn storage_types_set_output_type() {
         y16.iter().map(|value| value.to_f64()).collect::<Vec<_>>()
     );
 
-    // bf16 is written as float32, which holds every bf16 value exactly.
+    // bf16 is written as float32, which represents every bf16 value exactly.
     let out = dir.path("ybf16.npy");
     let output = sigsoftmax(&[
         "run",
@@ -540,8 +540,8 @@ fn big_endian_and_fortran_order_inputs() {
     }
 }
 
-/// Runs the program expecting failure; checks the exit status, that stderr is one line starting
-/// with `error:`, and that `out` was neither created nor left behind as a temporary file.
+/// Runs the program expecting failure. Checks the exit status, that stderr is one line starting
+/// with `error:`, and that neither `out` nor a temporary file was left behind.
 fn assert_rejected(dir: &TempDir, args: &[&str], out: &Path, expected_in_message: &str) {
     let names_before = dir.file_names();
     let output = sigsoftmax(args);

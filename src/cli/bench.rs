@@ -49,7 +49,7 @@ pub fn bench(args: &BenchArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-/// What to measure.
+/// The ops, storage types, shapes and timing settings of one benchmark run.
 struct Plan {
     ops: Vec<Op>,
     dtypes: Vec<DType>,
@@ -167,9 +167,9 @@ impl Output {
         }
     }
 
-    fn progress(&self, what: &str) {
+    fn progress(&self, case: &str) {
         let line = format!(
-            "[{:>width$}/{}] {what}",
+            "[{:>width$}/{}] {case}",
             self.done + 1,
             self.total,
             width = self.total.to_string().len()
@@ -186,7 +186,8 @@ impl Output {
         self.done += 1;
         if self.json {
             println!("{}", measurement.to_json_line());
-            // A reader that follows the output line by line sees each result as it is measured.
+            // Flush so that a program reading stdout line by line gets each result when it is
+            // measured.
             let _ = std::io::stdout().flush();
         }
         self.measurements.push(measurement);

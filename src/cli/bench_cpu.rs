@@ -28,7 +28,7 @@ pub struct CaseTiming {
     pub bytes: u64,
     /// Bytes the memory pass reads and writes per run.
     pub limit_bytes: u64,
-    /// What the memory pass does.
+    /// A description of the memory pass, for the table header and the JSON.
     pub limit_kind: &'static str,
 }
 
@@ -49,14 +49,14 @@ impl<T: Element> CpuBuffers<T> {
     /// Allocates the buffers and fills the logits, the upstream gradient and the targets with
     /// seeded random values. The backward inputs are allocated only when `backward` is set.
     pub fn new(shape: Shape, backward: bool) -> Result<Self, CliError> {
-        let what = format!("a {shape} {} matrix", T::DTYPE);
-        let mut z = alloc_zeroed(shape.len(), &what)?;
+        let purpose = format!("a {shape} {} matrix", T::DTYPE);
+        let mut z = alloc_zeroed(shape.len(), &purpose)?;
         fill_normal(&mut z, LOGIT_STD, 1);
         let backward_len = if backward { shape.len() } else { 0 };
-        let saved = alloc_zeroed(backward_len, &what)?;
-        let mut upstream = alloc_zeroed(backward_len, &what)?;
+        let saved = alloc_zeroed(backward_len, &purpose)?;
+        let mut upstream = alloc_zeroed(backward_len, &purpose)?;
         fill_normal(&mut upstream, 1.0, 2);
-        let out = alloc_zeroed(shape.len(), &what)?;
+        let out = alloc_zeroed(shape.len(), &purpose)?;
         let mut targets = vec![0; shape.rows()];
         fill_targets(&mut targets, shape.cols(), 3);
         let losses = vec![Default::default(); shape.rows()];
@@ -81,8 +81,8 @@ impl<T: Element> CpuBuffers<T> {
         let activation = op.activation(activation);
         self.prepare(op, activation)?;
 
-        // Run the op once untimed so that an error surfaces here and not inside the timed loop;
-        // the loop below repeats the same call on the same buffers.
+        // Run the op once untimed so that an error surfaces here and not inside the timed loop.
+        // The loop repeats this call on the same buffers, so it cannot fail where this did not.
         self.run(op, activation)?;
         let pass = MemoryPass::for_op(op);
         let mut failure = None;
@@ -162,7 +162,7 @@ impl<T: Element> CpuBuffers<T> {
         }
     }
 
-    /// Runs the memory pass that stands in for `op`: the same bytes read and written, no math.
+    /// Runs the memory pass that `op` is compared with: the same bytes read and written, no math.
     fn memory_pass(&mut self, pass: MemoryPass) {
         let out = as_bytes_mut(&mut self.out);
         let z = as_bytes(&self.z);
@@ -228,8 +228,8 @@ impl MemoryPass {
 }
 
 fn as_bytes<T: Element>(values: &[T]) -> &[u8] {
-    // SAFETY: `Element` is sealed and implemented only for f32, f64, f16 and bf16, which have no
-    // padding, so every byte of the slice is initialized; u8 needs no alignment, and the byte
+    // SAFETY: `Element` is sealed and implemented only for f32, f64, f16 and bf16. These have no
+    // padding, so every byte of the slice is initialized. A u8 needs no alignment, and the byte
     // slice covers exactly the same memory and borrows it for the same lifetime.
     unsafe {
         std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), std::mem::size_of_val(values))
@@ -237,8 +237,8 @@ fn as_bytes<T: Element>(values: &[T]) -> &[u8] {
 }
 
 fn as_bytes_mut<T: Element>(values: &mut [T]) -> &mut [u8] {
-    // SAFETY: as in `as_bytes`; in addition every byte pattern is a valid f32, f64, f16 or bf16,
-    // so whatever the pass writes leaves valid values behind.
+    // SAFETY: the argument of `as_bytes` holds here too. In addition every byte pattern is a
+    // valid f32, f64, f16 or bf16, so whatever the pass writes leaves valid values behind.
     unsafe {
         std::slice::from_raw_parts_mut(
             values.as_mut_ptr().cast::<u8>(),

@@ -64,7 +64,7 @@ pub enum Op {
 }
 
 impl Op {
-    /// The name used on the command line and in reports.
+    /// Returns the name used on the command line and in reports.
     pub fn name(self) -> &'static str {
         match self {
             Op::Forward => "forward",
@@ -76,8 +76,8 @@ impl Op {
         }
     }
 
-    /// The activation this op runs with: `softmax` forces the softmax activation, the other
-    /// ops take the one requested.
+    /// Returns the activation this op runs with: `softmax` forces the softmax activation, and
+    /// the other ops take the requested one.
     pub fn activation(self, requested: Activation) -> Activation {
         match self {
             Op::Softmax => Activation::Softmax,
@@ -229,7 +229,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "EPS")]
     pub label_smoothing: Option<f64>,
 
-    /// How the per-row losses are combined (cross-entropy only) [default: mean]
+    /// Reduction of the per-row losses (cross-entropy only) [default: mean]
     #[arg(long, value_enum)]
     pub reduction: Option<ReductionArg>,
 
@@ -251,7 +251,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
 
-    /// Where cross-entropy writes the gradient with respect to the logits (optional)
+    /// Output .npy file for the gradient of cross-entropy with respect to the logits (optional)
     #[arg(long, value_name = "FILE")]
     pub grad_out: Option<PathBuf>,
 }
@@ -300,12 +300,15 @@ pub(crate) use cli_error;
 
 /// Allocates a zeroed buffer of `len` elements, or returns an error naming the size instead of
 /// aborting when the memory is not there.
-pub(crate) fn alloc_zeroed<T: Default + Clone>(len: usize, what: &str) -> Result<Vec<T>, CliError> {
+pub(crate) fn alloc_zeroed<T: Default + Clone>(
+    len: usize,
+    purpose: &str,
+) -> Result<Vec<T>, CliError> {
     let mut buffer = Vec::new();
     if buffer.try_reserve_exact(len).is_err() {
         let gib = len as f64 * std::mem::size_of::<T>() as f64 / (1u64 << 30) as f64;
         return Err(cli_error!(
-            "failed to allocate {gib:.2} GiB for {what}; use a smaller shape"
+            "failed to allocate {gib:.2} GiB for {purpose}; use a smaller shape"
         ));
     }
     buffer.resize(len, T::default());

@@ -27,7 +27,7 @@ pub struct FloatArray {
 }
 
 impl FloatArray {
-    /// The storage type matching the file's type.
+    /// Returns the storage type matching the file's type.
     pub fn dtype(&self) -> DType {
         match self.data {
             FloatData::F16(_) => DType::F16,
@@ -134,7 +134,7 @@ fn shape_of<R: std::io::Read>(
     Ok(shape)
 }
 
-/// The type character and byte size of a plain (not structured) dtype.
+/// Returns the type character and byte size of a plain (not structured) dtype.
 fn plain_type<R: std::io::Read>(npy: &NpyFile<R>) -> Option<(TypeChar, u64)> {
     match npy.dtype() {
         npyz::DType::Plain(type_str) => Some((type_str.type_char(), type_str.size_field())),
@@ -225,7 +225,7 @@ impl OutputData {
     }
 }
 
-/// An output written to a temporary file; [`PendingOutput::commit`] renames it into place and
+/// An output written to a temporary file. [`PendingOutput::commit`] renames it into place, and
 /// dropping it uncommitted deletes it.
 pub struct PendingOutput {
     temporary: PathBuf,

@@ -22,12 +22,13 @@ impl SplitMix64 {
         z ^ (z >> 31)
     }
 
-    /// A uniform value in (0, 1]: the top 53 bits, shifted up by one so 0 never occurs.
+    /// Draws a uniform value in (0, 1] from the top 53 bits, shifted up by one so 0 never occurs.
     fn next_open_unit(&mut self) -> f64 {
         ((self.next_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64
     }
 
-    /// A uniform index in `0..bound` (the modulo bias is below 2^-40 for the bounds used here).
+    /// Draws a uniform index in `0..bound`. The modulo bias is below 2^-40 for bounds under
+    /// 2^24, which covers every vocabulary size.
     fn next_below(&mut self, bound: usize) -> usize {
         (self.next_u64() % bound as u64) as usize
     }

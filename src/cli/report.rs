@@ -21,22 +21,22 @@ pub struct Measurement {
 }
 
 impl Measurement {
-    /// The op's throughput at its median time, in GB/s (10^9 bytes per second).
+    /// Returns the op's throughput at its median time, in GB/s (10^9 bytes per second).
     pub fn gb_per_s(&self) -> f64 {
         self.bytes as f64 / self.op_stats.median / 1e9
     }
 
-    /// The memory pass's throughput at its median time, in GB/s.
+    /// Returns the memory pass's throughput at its median time, in GB/s.
     pub fn limit_gb_per_s(&self) -> f64 {
         self.limit_bytes as f64 / self.limit_stats.median / 1e9
     }
 
-    /// The op's throughput as a fraction of the memory pass's.
+    /// Returns the op's throughput as a fraction of the memory pass's.
     pub fn limit_fraction(&self) -> f64 {
         self.gb_per_s() / self.limit_gb_per_s()
     }
 
-    /// The measurement as one line of JSON; times in milliseconds.
+    /// Formats the measurement as one line of JSON, with times in milliseconds.
     pub fn to_json_line(&self) -> String {
         let ms = |seconds: f64| seconds * 1e3;
         let (op, limit) = (&self.op_stats, &self.limit_stats);

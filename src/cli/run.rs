@@ -43,11 +43,11 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
 /// Rejects missing inputs and options the op does not use, before any file is read.
 fn check_inputs(args: &RunArgs) -> Result<(), CliError> {
     let op = args.op.name();
-    let needs = |given: bool, flag: &str, what: &str| {
+    let needs = |given: bool, flag: &str, description: &str| {
         if given {
             Ok(())
         } else {
-            Err(cli_error!("{op} needs {flag} FILE: pass {what}"))
+            Err(cli_error!("{op} needs {flag} FILE: pass {description}"))
         }
     };
     match args.op {
@@ -64,8 +64,8 @@ fn check_inputs(args: &RunArgs) -> Result<(), CliError> {
             )?;
         }
         Op::LogBackward => {
-            let what = "the log-probabilities l = log-forward(z) of these logits";
-            needs(args.log_probs.is_some(), "--log-probs", what)?;
+            let description = "the log-probabilities l = log-forward(z) of these logits";
+            needs(args.log_probs.is_some(), "--log-probs", description)?;
             needs(
                 args.grad.is_some(),
                 "--grad",
@@ -138,7 +138,7 @@ fn activation(args: &RunArgs) -> Result<Activation, CliError> {
     Ok(args.op.activation(requested.unwrap_or_default()))
 }
 
-/// The shape of a 2-D logits array.
+/// Returns the shape of a 2-D logits array, or an error for any other rank.
 fn matrix_shape(logits: &FloatArray, path: &Path) -> Result<Shape, CliError> {
     let [rows, cols] = logits.shape[..] else {
         return Err(cli_error!(

@@ -52,7 +52,7 @@ impl Stats {
     }
 }
 
-/// Which of the two functions of [`measure_pair`] to run.
+/// The function that one call of the closure in [`measure_pair`] runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
     /// The op being measured.
