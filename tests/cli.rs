@@ -697,6 +697,21 @@ fn bad_inputs_rejected() {
             "label smoothing 1.5",
         ),
         (
+            vec![
+                "run",
+                "cross-entropy",
+                "--logits",
+                z_arg,
+                "--targets",
+                &t,
+                "--out",
+                o,
+                "--grad-out",
+                o,
+            ],
+            "two different files",
+        ),
+        (
             vec!["run", "sideways", "--logits", z_arg, "--out", o],
             "sideways",
         ),

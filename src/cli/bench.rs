@@ -38,14 +38,18 @@ pub fn bench(args: &BenchArgs) -> Result<(), CliError> {
         })?;
 
     let mut output = Output::new(args.json, plan.cases());
-    pool.install(|| match &device {
+    let result = pool.install(|| match &device {
         Device::Cpu => bench_cpu(&plan, threads, &mut output),
         #[cfg(feature = "cuda")]
         Device::Cuda(_) => Err(super::cli_error!(
             "bench on a GPU is not available yet; pass --device cpu"
         )),
-    })?;
-    output.finish();
+    });
+
+    // Clear the progress line first, so that an error message starts on a line of its own.
+    output.clear_progress();
+    result?;
+    output.print_table();
     Ok(())
 }
 
@@ -193,10 +197,13 @@ impl Output {
         self.measurements.push(measurement);
     }
 
-    fn finish(self) {
+    fn clear_progress(&self) {
         if self.interactive {
             eprint!("\r\x1b[2K");
         }
+    }
+
+    fn print_table(&self) {
         if !self.json {
             print!("{}", format_table(&self.measurements));
         }

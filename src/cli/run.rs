@@ -120,6 +120,12 @@ fn check_inputs(args: &RunArgs) -> Result<(), CliError> {
             args.op == Op::CrossEntropy,
         ),
     ];
+    if args.grad_out.as_ref() == Some(&args.out) {
+        return Err(cli_error!(
+            "--out and --grad-out are both `{}`; pass two different files",
+            args.out.display()
+        ));
+    }
     for (flag, given, used) in unused {
         if given && !used {
             return Err(cli_error!("{op} does not use {flag}; remove it"));
