@@ -49,8 +49,8 @@ fn report_parse_error(error: &clap::Error) -> ExitCode {
     let message: Vec<&str> = rendered
         .lines()
         .map(str::trim)
-        .filter(|line| !line.is_empty() && !line.starts_with("Usage:"))
-        .filter(|line| !line.starts_with("For more information"))
+        .take_while(|line| !line.starts_with("Usage:") && !line.starts_with("For more information"))
+        .filter(|line| !line.is_empty())
         .collect();
     let mut joined = String::new();
     for line in message {

@@ -188,7 +188,13 @@ pub struct BenchArgs {
 
     /// Keep repeating until the timed repetitions of each op add up to at least this many
     /// seconds
-    #[arg(long, default_value_t = 0.1, value_name = "SECONDS", value_parser = parse_seconds)]
+    #[arg(
+        long,
+        default_value_t = 0.1,
+        value_name = "SECONDS",
+        value_parser = parse_seconds,
+        allow_negative_numbers = true
+    )]
     pub min_time: f64,
 }
 

@@ -257,6 +257,30 @@ impl Drop for PendingOutput {
     }
 }
 
+/// Checks that `target` can name an output file: not a folder, in a folder that exists. Run it
+/// before the work, so a typo in the path fails fast.
+pub fn check_output_path(target: &Path, role: &str) -> Result<(), CliError> {
+    let text = target.as_os_str().to_string_lossy();
+    if target.is_dir() || text.ends_with(std::path::is_separator) {
+        return Err(cli_error!(
+            "{role} path `{}` is a folder; pass a file path such as out.npy",
+            target.display()
+        ));
+    }
+    let folder = match target.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    if !folder.is_dir() {
+        return Err(cli_error!(
+            "folder `{}` of {role} file `{}` does not exist; create it first",
+            folder.display(),
+            target.display()
+        ));
+    }
+    Ok(())
+}
+
 /// Writes `data` with `shape` (empty for a 0-d array) to a temporary file next to `target`.
 pub fn write_pending(
     target: &Path,

@@ -131,6 +131,11 @@ fn check_inputs(args: &RunArgs) -> Result<(), CliError> {
             return Err(cli_error!("{op} does not use {flag}; remove it"));
         }
     }
+
+    npy::check_output_path(&args.out, "output")?;
+    if let Some(grad_out) = &args.grad_out {
+        npy::check_output_path(grad_out, "gradient output")?;
+    }
     Ok(())
 }
 
