@@ -581,6 +581,8 @@ fn bad_inputs_rejected() {
     let z_arg = arg(&z_arg);
     let path = |name: &str| dir.path(name).to_str().unwrap().to_string();
     let missing = path("missing.npy");
+    let folder = dir.0.to_str().unwrap().to_string();
+    let in_missing_folder = path("no-such-folder/out.npy");
     let (z1d, z3d, zint, garbage) = (
         path("z1d.npy"),
         path("z3d.npy"),
@@ -695,6 +697,21 @@ fn bad_inputs_rejected() {
                 o,
             ],
             "label smoothing 1.5",
+        ),
+        (
+            vec!["run", "forward", "--logits", z_arg, "--out", &folder],
+            "is a folder",
+        ),
+        (
+            vec![
+                "run",
+                "forward",
+                "--logits",
+                z_arg,
+                "--out",
+                &in_missing_folder,
+            ],
+            "does not exist",
         ),
         (
             vec![
