@@ -13,7 +13,7 @@
 //! Sums use [`LANES`] independent accumulators combined in a fixed tree, so they vectorize and
 //! give the same bits on every instruction set.
 
-use super::math::{log_sigmoid, max_lane, select, sigmoid_neg, Real};
+use super::math::{log_sigmoid, max_lane, mul_add, select, sigmoid_neg, Real};
 use super::simd::Kernel;
 
 /// Independent accumulators per sum: one AVX-512 register of f32.
@@ -40,14 +40,14 @@ impl<A: Real> RowConsts<A> {
 
     /// `w_i` for one logit (see the module docs); exactly 0 for a masked logit.
     #[inline(always)]
-    pub fn weight<const SIG: bool>(&self, z: A) -> A {
-        let t = (z - self.m).exp_lane();
+    pub fn weight<const SIG: bool, const FMA: bool>(&self, z: A) -> A {
+        let t = (z - self.m).exp_lane::<FMA>();
         if SIG {
             // When t and b both underflow the true weight is 0, not 0/0: keep the divisor
             // away from zero. t * (t / d) rather than t^2 / d keeps weights near t (large m)
             // from underflowing through t^2.
-            let d = max_lane(self.b + self.a * t, A::MIN_POSITIVE);
-            t * (t / d)
+            let d = max_lane(mul_add::<A, FMA>(self.a, t, self.b), A::MIN_POSITIVE);
+            t * (t * d.recip_lane::<FMA>())
         } else {
             t
         }
@@ -55,6 +55,9 @@ impl<A: Real> RowConsts<A> {
 }
 
 /// Combines `map(x_i)` over a chunk into one value through [`LANES`] accumulators.
+///
+/// Closures passed to this and to [`map_into`] are `#[inline(always)]`: a closure left out of
+/// line would be compiled without the caller's target features and call `fmaf` per element.
 #[inline(always)]
 fn reduce<A: Real>(x: &[A], init: A, map: impl Fn(A) -> A, combine: impl Fn(A, A) -> A) -> A {
     let mut acc = [init; LANES];
@@ -113,13 +116,16 @@ impl<A: Real> Kernel for Max<'_, A> {
     type Output = A;
 
     #[inline(always)]
-    fn run(self) -> A {
+    fn run<const FMA: bool>(self) -> A {
         let mut acc = [A::NEG_INFINITY; LANES];
         let mut blocks = self.0.chunks_exact(LANES);
         for block in &mut blocks {
             // `chunks_exact` yields exactly LANES elements; the array type lets LLVM see it.
             if let Ok(block) = <&[A; LANES]>::try_from(block) {
-                acc = std::array::from_fn(|lane| max_lane(acc[lane], block[lane]));
+                acc = std::array::from_fn(
+                    #[inline(always)]
+                    |lane| max_lane(acc[lane], block[lane]),
+                );
             }
         }
         for (lane, &z) in blocks.remainder().iter().enumerate() {
@@ -136,8 +142,14 @@ impl<A: Real> Kernel for Sum<'_, A> {
     type Output = A;
 
     #[inline(always)]
-    fn run(self) -> A {
-        reduce(self.0, A::ZERO, |x| x, add)
+    fn run<const FMA: bool>(self) -> A {
+        reduce(
+            self.0,
+            A::ZERO,
+            #[inline(always)]
+            |x| x,
+            add,
+        )
     }
 }
 
@@ -151,9 +163,15 @@ impl<A: Real, const SIG: bool> Kernel for WeightSum<'_, A, SIG> {
     type Output = A;
 
     #[inline(always)]
-    fn run(self) -> A {
+    fn run<const FMA: bool>(self) -> A {
         let consts = self.consts;
-        reduce(self.z, A::ZERO, |z| consts.weight::<SIG>(z), add)
+        reduce(
+            self.z,
+            A::ZERO,
+            #[inline(always)]
+            |z| consts.weight::<SIG, FMA>(z),
+            add,
+        )
     }
 }
 
@@ -168,10 +186,21 @@ impl<A: Real, const SIG: bool> Kernel for StoreWeights<'_, A, SIG> {
     type Output = A;
 
     #[inline(always)]
-    fn run(self) -> A {
+    fn run<const FMA: bool>(self) -> A {
         let consts = self.consts;
-        map_into(self.src, self.x, |z| consts.weight::<SIG>(z));
-        reduce(self.x, A::ZERO, |w| w, add)
+        map_into(
+            self.src,
+            self.x,
+            #[inline(always)]
+            |z| consts.weight::<SIG, FMA>(z),
+        );
+        reduce(
+            self.x,
+            A::ZERO,
+            #[inline(always)]
+            |w| w,
+            add,
+        )
     }
 }
 
@@ -185,7 +214,7 @@ impl<A: Real> Kernel for Scale<'_, A> {
     type Output = ();
 
     #[inline(always)]
-    fn run(self) {
+    fn run<const FMA: bool>(self) {
         for x in self.x.iter_mut() {
             *x = *x * self.factor;
         }
@@ -204,9 +233,14 @@ impl<A: Real, const SIG: bool> Kernel for Probabilities<'_, A, SIG> {
     type Output = ();
 
     #[inline(always)]
-    fn run(self) {
+    fn run<const FMA: bool>(self) {
         let consts = self.consts;
-        map_into(self.src, self.x, |z| consts.weight::<SIG>(z) * self.inverse_sum);
+        map_into(
+            self.src,
+            self.x,
+            #[inline(always)]
+            |z| consts.weight::<SIG, FMA>(z) * self.inverse_sum,
+        );
     }
 }
 
@@ -224,13 +258,22 @@ impl<A: Real, const SIG: bool> Kernel for LogProbabilities<'_, A, SIG> {
     type Output = ();
 
     #[inline(always)]
-    fn run(self) {
-        map_into(self.src, self.x, |z| {
-            // log sigmoid(z) - log sigmoid(m) is formed from two stable terms rather than from
-            // log(w_i), which would be log(0) once t_i underflows.
-            let sigmoid_term = if SIG { log_sigmoid(z) } else { A::ZERO };
-            (z - self.m) + sigmoid_term - self.shift
-        });
+    fn run<const FMA: bool>(self) {
+        map_into(
+            self.src,
+            self.x,
+            #[inline(always)]
+            |z| {
+                // log sigmoid(z) - log sigmoid(m) is formed from two stable terms rather than from
+                // log(w_i), which would be log(0) once t_i underflows.
+                let sigmoid_term = if SIG {
+                    log_sigmoid::<A, FMA>(z)
+                } else {
+                    A::ZERO
+                };
+                (z - self.m) + sigmoid_term - self.shift
+            },
+        );
     }
 }
 
@@ -244,7 +287,7 @@ impl<A: Real> Kernel for Dot<'_, A> {
     type Output = A;
 
     #[inline(always)]
-    fn run(self) -> A {
+    fn run<const FMA: bool>(self) -> A {
         let mut acc = [A::ZERO; LANES];
         let mut a_blocks = self.a.chunks_exact(LANES);
         let mut b_blocks = self.b.chunks_exact(LANES);
@@ -253,7 +296,12 @@ impl<A: Real> Kernel for Dot<'_, A> {
                 acc[lane] += a[lane] * b[lane];
             }
         }
-        for (lane, (&a, &b)) in a_blocks.remainder().iter().zip(b_blocks.remainder()).enumerate() {
+        for (lane, (&a, &b)) in a_blocks
+            .remainder()
+            .iter()
+            .zip(b_blocks.remainder())
+            .enumerate()
+        {
             acc[lane] += a * b;
         }
         fold_lanes(acc, add)
@@ -262,9 +310,9 @@ impl<A: Real> Kernel for Dot<'_, A> {
 
 /// `d sigmoid-numerator / dz` relative to the numerator: `1 + sigmoid(-z)` (1 for softmax).
 #[inline(always)]
-fn slope<A: Real, const SIG: bool>(z: A) -> A {
+fn slope<A: Real, const SIG: bool, const FMA: bool>(z: A) -> A {
     if SIG {
-        A::ONE + sigmoid_neg(z)
+        A::ONE + sigmoid_neg::<A, FMA>(z)
     } else {
         A::ONE
     }
@@ -283,10 +331,10 @@ impl<A: Real, const SIG: bool> Kernel for Backward<'_, A, SIG> {
     type Output = ();
 
     #[inline(always)]
-    fn run(self) {
+    fn run<const FMA: bool>(self) {
         let inputs = self.z.iter().zip(self.y).zip(self.dy);
         for (dz, ((&z, &y), &dy)) in self.dz.iter_mut().zip(inputs) {
-            let value = slope::<A, SIG>(z) * y * (dy - self.dot);
+            let value = slope::<A, SIG, FMA>(z) * y * (dy - self.dot);
             *dz = select(z == A::NEG_INFINITY, A::ZERO, value);
         }
     }
@@ -305,10 +353,10 @@ impl<A: Real, const SIG: bool> Kernel for LogBackward<'_, A, SIG> {
     type Output = ();
 
     #[inline(always)]
-    fn run(self) {
+    fn run<const FMA: bool>(self) {
         let inputs = self.z.iter().zip(self.l).zip(self.dl);
         for (dz, ((&z, &l), &dl)) in self.dz.iter_mut().zip(inputs) {
-            let value = slope::<A, SIG>(z) * (dl - l.exp_lane() * self.sum);
+            let value = slope::<A, SIG, FMA>(z) * (dl - l.exp_lane::<FMA>() * self.sum);
             *dz = select(z == A::NEG_INFINITY, A::ZERO, value);
         }
     }
@@ -342,27 +390,54 @@ pub(crate) struct CrossEntropyChunk<'a, A, const SIG: bool, const SMOOTH: bool> 
     pub consts: RowConsts<A>,
 }
 
-impl<A: Real, const SIG: bool, const SMOOTH: bool> Kernel for CrossEntropyChunk<'_, A, SIG, SMOOTH> {
+impl<A: Real, const SIG: bool, const SMOOTH: bool> Kernel
+    for CrossEntropyChunk<'_, A, SIG, SMOOTH>
+{
     type Output = CrossEntropyStats<A>;
 
     #[inline(always)]
-    fn run(self) -> CrossEntropyStats<A> {
+    fn run<const FMA: bool>(self) -> CrossEntropyStats<A> {
         let consts = self.consts;
-        let weight_sum = reduce(self.z, A::ZERO, |z| consts.weight::<SIG>(z), add);
+        let weight_sum = reduce(
+            self.z,
+            A::ZERO,
+            #[inline(always)]
+            |z| consts.weight::<SIG, FMA>(z),
+            add,
+        );
         if !SMOOTH {
-            return CrossEntropyStats { weight_sum, ..Default::default() };
+            return CrossEntropyStats {
+                weight_sum,
+                ..Default::default()
+            };
         }
         let log_terms = reduce(
             self.z,
             A::ZERO,
+            #[inline(always)]
             |z| {
-                let term = (z - consts.m) + if SIG { log_sigmoid(z) } else { A::ZERO };
+                let term = (z - consts.m)
+                    + if SIG {
+                        log_sigmoid::<A, FMA>(z)
+                    } else {
+                        A::ZERO
+                    };
                 select(z == A::NEG_INFINITY, A::ZERO, term)
             },
             add,
         );
-        let unmasked = reduce(self.z, A::ZERO, |z| select(z == A::NEG_INFINITY, A::ZERO, A::ONE), add);
-        CrossEntropyStats { weight_sum, log_terms, unmasked }
+        let unmasked = reduce(
+            self.z,
+            A::ZERO,
+            #[inline(always)]
+            |z| select(z == A::NEG_INFINITY, A::ZERO, A::ONE),
+            add,
+        );
+        CrossEntropyStats {
+            weight_sum,
+            log_terms,
+            unmasked,
+        }
     }
 }
 
@@ -383,20 +458,26 @@ impl<A: Real, const SIG: bool> Kernel for CrossEntropyGrad<'_, A, SIG> {
     type Output = ();
 
     #[inline(always)]
-    fn run(self) {
+    fn run<const FMA: bool>(self) {
         let consts = self.consts;
-        map_into(self.src, self.x, |z| {
-            let value = slope::<A, SIG>(z) * (self.scale_y * consts.weight::<SIG>(z) - self.smoothing);
-            select(z == A::NEG_INFINITY, A::ZERO, value)
-        });
+        map_into(
+            self.src,
+            self.x,
+            #[inline(always)]
+            |z| {
+                let value = slope::<A, SIG, FMA>(z)
+                    * (self.scale_y * consts.weight::<SIG, FMA>(z) - self.smoothing);
+                select(z == A::NEG_INFINITY, A::ZERO, value)
+            },
+        );
     }
 }
 
 /// The slope at one logit, for the target fix-up.
 pub(crate) fn slope_at(z: f64, sigmoid: bool) -> f64 {
     if sigmoid {
-        slope::<f64, true>(z)
+        slope::<f64, true, false>(z)
     } else {
-        slope::<f64, false>(z)
+        slope::<f64, false, false>(z)
     }
 }

@@ -41,7 +41,12 @@ use crate::shape::Shape;
 /// assert_eq!(y[3], 0.0);
 /// # Ok::<(), sigsoftmax::Error>(())
 /// ```
-pub fn forward<T: Element>(activation: Activation, shape: Shape, z: &[T], y: &mut [T]) -> Result<()> {
+pub fn forward<T: Element>(
+    activation: Activation,
+    shape: Shape,
+    z: &[T],
+    y: &mut [T],
+) -> Result<()> {
     const OP: &str = "forward";
     shape.check_matrix(OP, "z", z.len())?;
     shape.check_matrix(OP, "y", y.len())?;
@@ -53,7 +58,11 @@ pub fn forward<T: Element>(activation: Activation, shape: Shape, z: &[T], y: &mu
 ///
 /// # Errors
 /// [`Error::LengthMismatch`] when `z` is not `rows * cols` long.
-pub fn forward_in_place<T: Element>(activation: Activation, shape: Shape, z: &mut [T]) -> Result<()> {
+pub fn forward_in_place<T: Element>(
+    activation: Activation,
+    shape: Shape,
+    z: &mut [T],
+) -> Result<()> {
     shape.check_matrix("forward_in_place", "z", z.len())?;
     schedule::forward(activation, shape, None, z, false);
     Ok(())
@@ -65,7 +74,12 @@ pub fn forward_in_place<T: Element>(activation: Activation, shape: Shape, z: &mu
 ///
 /// # Errors
 /// [`Error::LengthMismatch`] when `z` or `l` is not `rows * cols` long.
-pub fn log_forward<T: Element>(activation: Activation, shape: Shape, z: &[T], l: &mut [T]) -> Result<()> {
+pub fn log_forward<T: Element>(
+    activation: Activation,
+    shape: Shape,
+    z: &[T],
+    l: &mut [T],
+) -> Result<()> {
     const OP: &str = "log_forward";
     shape.check_matrix(OP, "z", z.len())?;
     shape.check_matrix(OP, "l", l.len())?;
@@ -90,7 +104,12 @@ pub fn backward<T: Element>(
     dz: &mut [T],
 ) -> Result<()> {
     const OP: &str = "backward";
-    for (name, len) in [("z", z.len()), ("y", y.len()), ("dy", dy.len()), ("dz", dz.len())] {
+    for (name, len) in [
+        ("z", z.len()),
+        ("y", y.len()),
+        ("dy", dy.len()),
+        ("dz", dz.len()),
+    ] {
         shape.check_matrix(OP, name, len)?;
     }
     schedule::backward(activation, shape, z, y, dy, dz, false);
@@ -113,7 +132,12 @@ pub fn log_backward<T: Element>(
     dz: &mut [T],
 ) -> Result<()> {
     const OP: &str = "log_backward";
-    for (name, len) in [("z", z.len()), ("l", l.len()), ("dl", dl.len()), ("dz", dz.len())] {
+    for (name, len) in [
+        ("z", z.len()),
+        ("l", l.len()),
+        ("dl", dl.len()),
+        ("dz", dz.len()),
+    ] {
         shape.check_matrix(OP, name, len)?;
     }
     schedule::backward(activation, shape, z, l, dl, dz, true);
@@ -166,7 +190,16 @@ pub fn cross_entropy<T: Element>(
         shape.check_matrix(OP, "grad", grad.len())?;
     }
     let counted = check_cross_entropy(OP, shape, targets, options, losses.len())?;
-    schedule::cross_entropy(activation, shape, Some(z), grad, targets, options, counted, losses);
+    schedule::cross_entropy(
+        activation,
+        shape,
+        Some(z),
+        grad,
+        targets,
+        options,
+        counted,
+        losses,
+    );
     Ok(reduce_losses(losses, options.reduction, counted))
 }
 
@@ -185,7 +218,16 @@ pub fn cross_entropy_in_place<T: Element>(
     const OP: &str = "cross_entropy_in_place";
     shape.check_matrix(OP, "z", z.len())?;
     let counted = check_cross_entropy(OP, shape, targets, options, losses.len())?;
-    schedule::cross_entropy(activation, shape, None, Some(z), targets, options, counted, losses);
+    schedule::cross_entropy(
+        activation,
+        shape,
+        None,
+        Some(z),
+        targets,
+        options,
+        counted,
+        losses,
+    );
     Ok(reduce_losses(losses, options.reduction, counted))
 }
 
@@ -211,7 +253,13 @@ pub(crate) fn check_cross_entropy(
         }
         if usize::try_from(target).map_or(true, |t| t >= cols) {
             let ignore_index = IgnoreIndexDisplay(options.ignore_index);
-            return Err(Error::TargetOutOfRange { op, row, target, cols, ignore_index });
+            return Err(Error::TargetOutOfRange {
+                op,
+                row,
+                target,
+                cols,
+                ignore_index,
+            });
         }
         counted += 1;
     }

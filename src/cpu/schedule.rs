@@ -13,7 +13,7 @@ use super::kernels::{
     LogProbabilities, Max, Probabilities, RowConsts, Scale, StoreWeights, Sum, WeightSum,
 };
 use super::math::{log_sigmoid_f64, max_lane, Real};
-use super::simd::dispatch;
+use super::simd::{dispatch, Kernel};
 use crate::element::Element;
 use crate::options::{Activation, CrossEntropyOptions, Reduction, Upstream};
 use crate::shape::Shape;
@@ -48,7 +48,9 @@ fn plan(shape: Shape) -> Plan {
     if threads == 1 || shape.len() <= SERIAL_MAX_ELEMENTS {
         Plan::Serial
     } else if shape.rows() >= ROWS_PER_THREAD * threads || shape.cols() <= 2 * CHUNK {
-        Plan::Rows { min_rows: (TASK_ELEMENTS / shape.cols()).max(1) }
+        Plan::Rows {
+            min_rows: (TASK_ELEMENTS / shape.cols()).max(1),
+        }
     } else {
         Plan::Split
     }
@@ -84,7 +86,9 @@ impl Visit {
                 .collect();
             parts.into_iter().fold(init, combine)
         } else {
-            (0..count).map(|index| f(chunk_range(index, cols))).fold(init, combine)
+            (0..count)
+                .map(|index| f(chunk_range(index, cols)))
+                .fold(init, combine)
         }
     }
 
@@ -115,7 +119,11 @@ impl Visit {
     }
 
     /// Runs `f(range, chunk)` over the mutable chunks of `row`.
-    fn for_each_mut<T: Send>(self, row: &mut [T], f: impl Fn(Range<usize>, &mut [T]) + Sync + Send) {
+    fn for_each_mut<T: Send>(
+        self,
+        row: &mut [T],
+        f: impl Fn(Range<usize>, &mut [T]) + Sync + Send,
+    ) {
         self.reduce_mut(row, (), f, |(), ()| ());
     }
 }
@@ -159,6 +167,36 @@ fn for_each_row<T: Send, L: Send>(
     }
 }
 
+/// Widens a chunk to compute precision, inside [`dispatch`] so that the loop vectorizes.
+struct Widen<'a, T: Element> {
+    src: &'a [T],
+    dst: &'a mut [T::Accum],
+}
+
+impl<T: Element> Kernel for Widen<'_, T> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run<const FMA: bool>(self) {
+        T::widen(self.src, self.dst);
+    }
+}
+
+/// Rounds a chunk to storage precision, inside [`dispatch`].
+struct Narrow<'a, T: Element> {
+    src: &'a [T::Accum],
+    dst: &'a mut [T],
+}
+
+impl<T: Element> Kernel for Narrow<'_, T> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run<const FMA: bool>(self) {
+        T::narrow(self.src, self.dst);
+    }
+}
+
 /// Runs `f` on `src` in compute precision; half chunks are widened into a stack buffer.
 #[inline]
 fn read<T: Element, R>(src: &[T], f: impl FnOnce(&[T::Accum]) -> R) -> R {
@@ -167,7 +205,7 @@ fn read<T: Element, R>(src: &[T], f: impl FnOnce(&[T::Accum]) -> R) -> R {
     }
     let mut buffer = [<T::Accum as Real>::ZERO; CHUNK];
     let buffer = &mut buffer[..src.len()];
-    T::widen(src, buffer);
+    dispatch(Widen { src, dst: buffer });
     f(buffer)
 }
 
@@ -185,9 +223,12 @@ fn update<T: Element, R>(
     }
     let mut buffer = [<T::Accum as Real>::ZERO; CHUNK];
     let buffer = &mut buffer[..dst.len()];
-    T::widen(src.unwrap_or(dst), buffer);
+    dispatch(Widen {
+        src: src.unwrap_or(dst),
+        dst: buffer,
+    });
     let result = f(None, buffer);
-    T::narrow(buffer, dst);
+    dispatch(Narrow { src: buffer, dst });
     result
 }
 
@@ -200,7 +241,7 @@ fn write<T: Element>(dst: &mut [T], f: impl FnOnce(&mut [T::Accum])) {
     let mut buffer = [<T::Accum as Real>::ZERO; CHUNK];
     let buffer = &mut buffer[..dst.len()];
     f(buffer);
-    T::narrow(buffer, dst);
+    dispatch(Narrow { src: buffer, dst });
 }
 
 fn add<A: Real>(x: A, y: A) -> A {
@@ -218,7 +259,12 @@ fn fill_nan<T: Element>(row: &mut [T]) {
 
 /// The row max of `z` over chunks.
 fn row_max<T: Element>(z: &[T], visit: Visit) -> T::Accum {
-    visit.reduce(z.len(), T::Accum::NEG_INFINITY, |range| read(&z[range], |z| dispatch(Max(z))), max_lane)
+    visit.reduce(
+        z.len(),
+        T::Accum::NEG_INFINITY,
+        |range| read(&z[range], |z| dispatch(Max(z))),
+        max_lane,
+    )
 }
 
 /// Forward and log forward: `dst` receives the result, computed from `src` or, in place,
@@ -262,11 +308,17 @@ fn forward_row<T: Element, const SIG: bool>(src: Option<&[T]>, dst: &mut [T], vi
         let sum = visit.reduce_mut(
             dst,
             T::Accum::ZERO,
-            |range, chunk| update(chunk, slice_src(range), |src, x| dispatch(StoreWeights::<_, SIG> { src, x, consts })),
+            |range, chunk| {
+                update(chunk, slice_src(range), |src, x| {
+                    dispatch(StoreWeights::<_, SIG> { src, x, consts })
+                })
+            },
             add,
         );
         let factor = T::Accum::ONE / sum;
-        visit.for_each_mut(dst, |_, chunk| update(chunk, None, |_, x| dispatch(Scale { x, factor })));
+        visit.for_each_mut(dst, |_, chunk| {
+            update(chunk, None, |_, x| dispatch(Scale { x, factor }))
+        });
     } else {
         // Half storage: rounding unnormalized weights and then the probabilities would round
         // twice, so the output pass computes the weights again from the logits.
@@ -274,12 +326,23 @@ fn forward_row<T: Element, const SIG: bool>(src: Option<&[T]>, dst: &mut [T], vi
         let sum = visit.reduce(
             cols,
             T::Accum::ZERO,
-            |range| read(&input[range], |z| dispatch(WeightSum::<_, SIG> { z, consts })),
+            |range| {
+                read(&input[range], |z| {
+                    dispatch(WeightSum::<_, SIG> { z, consts })
+                })
+            },
             add,
         );
         let inverse_sum = T::Accum::ONE / sum;
         visit.for_each_mut(dst, |range, chunk| {
-            update(chunk, slice_src(range), |src, x| dispatch(Probabilities::<_, SIG> { src, x, consts, inverse_sum }))
+            update(chunk, slice_src(range), |src, x| {
+                dispatch(Probabilities::<_, SIG> {
+                    src,
+                    x,
+                    consts,
+                    inverse_sum,
+                })
+            })
         });
     }
 }
@@ -295,15 +358,25 @@ fn log_forward_row<T: Element, const SIG: bool>(src: Option<&[T]>, dst: &mut [T]
     let sum = visit.reduce(
         cols,
         T::Accum::ZERO,
-        |range| read(&input[range], |z| dispatch(WeightSum::<_, SIG> { z, consts })),
+        |range| {
+            read(&input[range], |z| {
+                dispatch(WeightSum::<_, SIG> { z, consts })
+            })
+        },
         add,
     );
     // log y_i = (z_i - m) + log sigmoid(z_i) - [log sigmoid(m) + log sum_j w_j].
-    let sigmoid_shift = if SIG { log_sigmoid_f64(m.to_f64()) } else { 0.0 };
+    let sigmoid_shift = if SIG {
+        log_sigmoid_f64(m.to_f64())
+    } else {
+        0.0
+    };
     let shift = T::Accum::from_f64(sigmoid_shift + sum.to_f64().ln());
     visit.for_each_mut(dst, |range, chunk| {
         let src = src.map(|src| &src[range]);
-        update(chunk, src, |src, x| dispatch(LogProbabilities::<_, SIG> { src, x, m, shift }))
+        update(chunk, src, |src, x| {
+            dispatch(LogProbabilities::<_, SIG> { src, x, m, shift })
+        })
     });
 }
 
@@ -333,28 +406,57 @@ pub(crate) fn backward<T: Element>(
     });
 }
 
-fn backward_row<T: Element, const SIG: bool>(z: &[T], y: &[T], dy: &[T], dz: &mut [T], visit: Visit) {
+fn backward_row<T: Element, const SIG: bool>(
+    z: &[T],
+    y: &[T],
+    dy: &[T],
+    dz: &mut [T],
+    visit: Visit,
+) {
     let dot = visit.reduce(
         z.len(),
         T::Accum::ZERO,
-        |range| read(&y[range.clone()], |a| read(&dy[range], |b| dispatch(Dot { a, b }))),
+        |range| {
+            read(&y[range.clone()], |a| {
+                read(&dy[range], |b| dispatch(Dot { a, b }))
+            })
+        },
         add,
     );
     visit.for_each_mut(dz, |range, chunk| {
         read(&z[range.clone()], |z| {
             read(&y[range.clone()], |y| {
-                read(&dy[range], |dy| write(chunk, |dz| dispatch(Backward::<_, SIG> { z, y, dy, dot, dz })))
+                read(&dy[range], |dy| {
+                    write(chunk, |dz| {
+                        dispatch(Backward::<_, SIG> { z, y, dy, dot, dz })
+                    })
+                })
             })
         })
     });
 }
 
-fn log_backward_row<T: Element, const SIG: bool>(z: &[T], l: &[T], dl: &[T], dz: &mut [T], visit: Visit) {
-    let sum = visit.reduce(z.len(), T::Accum::ZERO, |range| read(&dl[range], |dl| dispatch(Sum(dl))), add);
+fn log_backward_row<T: Element, const SIG: bool>(
+    z: &[T],
+    l: &[T],
+    dl: &[T],
+    dz: &mut [T],
+    visit: Visit,
+) {
+    let sum = visit.reduce(
+        z.len(),
+        T::Accum::ZERO,
+        |range| read(&dl[range], |dl| dispatch(Sum(dl))),
+        add,
+    );
     visit.for_each_mut(dz, |range, chunk| {
         read(&z[range.clone()], |z| {
             read(&l[range.clone()], |l| {
-                read(&dl[range], |dl| write(chunk, |dz| dispatch(LogBackward::<_, SIG> { z, l, dl, sum, dz })))
+                read(&dl[range], |dl| {
+                    write(chunk, |dz| {
+                        dispatch(LogBackward::<_, SIG> { z, l, dl, sum, dz })
+                    })
+                })
             })
         })
     });
@@ -378,7 +480,12 @@ pub(crate) fn cross_entropy<T: Element>(
     let smooth = options.label_smoothing > 0.0;
     let row_fn = |r: usize, grad: Option<&mut [T]>, loss: &mut T::Accum, visit: Visit| {
         let src = src.map(|src| &src[r * cols..(r + 1) * cols]);
-        let row = RowTask { target: targets[r], upstream: upstream(options, r, counted), src, grad };
+        let row = RowTask {
+            target: targets[r],
+            upstream: upstream(options, r, counted),
+            src,
+            grad,
+        };
         *loss = match (sigmoid, smooth) {
             (true, false) => row.run::<true, false>(options, visit),
             (true, true) => row.run::<true, true>(options, visit),
@@ -412,9 +519,20 @@ struct RowTask<'a, T> {
 
 impl<T: Element> RowTask<'_, T> {
     /// Writes the gradient (when there is one) and returns the row's loss.
-    fn run<const SIG: bool, const SMOOTH: bool>(self, options: &CrossEntropyOptions<'_>, visit: Visit) -> T::Accum {
-        let RowTask { target, upstream, src, grad } = self;
-        let Some(input) = src.or(grad.as_deref()) else { return T::Accum::ZERO };
+    fn run<const SIG: bool, const SMOOTH: bool>(
+        self,
+        options: &CrossEntropyOptions<'_>,
+        visit: Visit,
+    ) -> T::Accum {
+        let RowTask {
+            target,
+            upstream,
+            src,
+            grad,
+        } = self;
+        let Some(input) = src.or(grad.as_deref()) else {
+            return T::Accum::ZERO;
+        };
         let cols = input.len();
         if Some(target) == options.ignore_index {
             if let Some(grad) = grad {
@@ -437,7 +555,11 @@ impl<T: Element> RowTask<'_, T> {
         let stats = visit.reduce(
             cols,
             CrossEntropyStats::default(),
-            |range| read(&input[range], |z| dispatch(CrossEntropyChunk::<_, SIG, SMOOTH> { z, consts })),
+            |range| {
+                read(&input[range], |z| {
+                    dispatch(CrossEntropyChunk::<_, SIG, SMOOTH> { z, consts })
+                })
+            },
             CrossEntropyStats::combine,
         );
 
@@ -454,7 +576,11 @@ impl<T: Element> RowTask<'_, T> {
         let eps = options.label_smoothing;
         let target_weight = 1.0 - eps;
         let target_masked = z_target == f64::NEG_INFINITY;
-        let mut loss = if target_weight > 0.0 { -target_weight * log_y_target } else { 0.0 };
+        let mut loss = if target_weight > 0.0 {
+            -target_weight * log_y_target
+        } else {
+            0.0
+        };
         let mut q_sum = if target_masked { 0.0 } else { target_weight };
         if SMOOTH {
             let unmasked = stats.unmasked.to_f64();
@@ -479,7 +605,13 @@ impl<T: Element> RowTask<'_, T> {
                 let contains_target = range.contains(&target);
                 let src = src.map(|src| &src[range]);
                 update(chunk, src, |src, x| {
-                    dispatch(CrossEntropyGrad::<_, SIG> { src, x, consts, scale_y, smoothing });
+                    dispatch(CrossEntropyGrad::<_, SIG> {
+                        src,
+                        x,
+                        consts,
+                        scale_y,
+                        smoothing,
+                    });
                     if contains_target {
                         x[target - start] = x[target - start] - target_term;
                     }

@@ -7,12 +7,16 @@
 //! aarch64).
 
 /// A unit of vectorizable work. `run` must be `#[inline(always)]` so that it is compiled with
-/// the target features of the function that calls it.
+/// the target features of the function that calls it; `FMA` says whether those include fused
+/// multiply-add.
 pub(crate) trait Kernel {
     type Output;
 
-    fn run(self) -> Self::Output;
+    fn run<const FMA: bool>(self) -> Self::Output;
 }
+
+/// Whether the baseline instruction set has fused multiply-add (aarch64's NEON does).
+const BASELINE_FMA: bool = cfg!(target_arch = "aarch64");
 
 /// Runs `kernel` compiled for the widest instruction set this CPU supports.
 #[inline(always)]
@@ -26,7 +30,7 @@ pub(crate) fn dispatch<K: Kernel>(kernel: K) -> K::Output {
         x86::Level::Avx2 => return unsafe { x86::run_avx2(kernel) },
         x86::Level::Baseline => {}
     }
-    kernel.run()
+    kernel.run::<BASELINE_FMA>()
 }
 
 /// The instruction set [`dispatch`] uses on this CPU, for reports.
@@ -59,7 +63,8 @@ mod x86 {
         *LEVEL.get_or_init(|| {
             let cap = std::env::var("SIGSOFTMAX_ISA").unwrap_or_default();
             let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
-            let avx512 = avx2 && is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl");
+            let avx512 =
+                avx2 && is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl");
             match cap.as_str() {
                 "sse2" => Level::Baseline,
                 "avx2" if avx2 => Level::Avx2,
@@ -74,13 +79,13 @@ mod x86 {
     /// The CPU must support AVX-512F, AVX-512VL, AVX2 and FMA.
     #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
     pub unsafe fn run_avx512<K: Kernel>(kernel: K) -> K::Output {
-        kernel.run()
+        kernel.run::<true>()
     }
 
     /// # Safety
     /// The CPU must support AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn run_avx2<K: Kernel>(kernel: K) -> K::Output {
-        kernel.run()
+        kernel.run::<true>()
     }
 }
