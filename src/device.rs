@@ -2,7 +2,7 @@
 //! usable and on the CPU otherwise.
 
 use crate::element::Element;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::options::{Activation, CrossEntropyOptions};
 use crate::shape::Shape;
 
@@ -71,7 +71,7 @@ impl Device {
 
     #[cfg(not(feature = "cuda"))]
     fn new_cuda(_ordinal: usize) -> Result<Self> {
-        Err(Error::CudaUnavailable {
+        Err(crate::error::Error::CudaUnavailable {
             reason: "this build has no CUDA support; rebuild with `--features cuda`".into(),
         })
     }
