@@ -24,7 +24,9 @@ namespace {
 // value.
 template <typename A> constexpr int backward_warp_elems() { return sizeof(A) == 8 ? 2 : 16; }
 template <typename A, int VEC> constexpr int backward_block_elems() {
-    return sizeof(A) == 8 ? 2 : VEC == 1 ? 4 : 8;
+    if (sizeof(A) == 8) return 2;
+    if (VEC == 1) return 4;
+    return 8;
 }
 
 // The row sum's term for one element: dy_i y_i, or dl_i for the log output.

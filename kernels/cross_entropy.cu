@@ -23,10 +23,14 @@ namespace {
 // registers than the forward's, so f64 and the 8-wide half packs cache less (ptxas spilled
 // with the forward's values).
 template <typename A, int VEC> constexpr int ce_warp_elems() {
-    return sizeof(A) == 8 ? 2 : VEC == 8 ? 16 : 32;
+    if (sizeof(A) == 8) return 2;
+    if (VEC == 8) return 16;
+    return 32;
 }
 template <typename A, int VEC> constexpr int ce_block_elems() {
-    return sizeof(A) == 8 ? 2 : VEC == 1 ? 8 : 16;
+    if (sizeof(A) == 8) return 2;
+    if (VEC == 1) return 8;
+    return 16;
 }
 
 // The result struct sits at the start of the workspace, padded so the partials after it stay
@@ -46,7 +50,7 @@ struct Params {
     const sigsoftmax_cross_entropy_result *header;  // `counted`, written by count_rows
 };
 
-// What a row's target says about the row.
+// A row's target and how it classifies the row.
 struct Target {
     int64_t index;
     bool ignored;  // loss 0, gradient 0

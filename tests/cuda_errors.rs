@@ -4,7 +4,7 @@
 
 use sigsoftmax::{Device, DeviceRequest, Error};
 
-/// Whether this process can see a GPU through the driver library at all.
+/// Returns whether this process can open GPU 0 through the driver library.
 fn gpu_visible() -> bool {
     Device::new(DeviceRequest::Cuda(0)).is_ok()
 }

@@ -66,17 +66,17 @@ impl Gpu {
         Ok(Self { context, stream, device_name })
     }
 
-    /// A short description such as `cuda:0 (NVIDIA H200)`.
+    /// Returns a short description such as `cuda:0 (NVIDIA H200)`.
     pub fn name(&self) -> String {
         format!("cuda:{} ({})", self.context.ordinal(), self.device_name)
     }
 
-    /// The device's context.
+    /// Returns the device's context.
     pub fn context(&self) -> &Arc<CudaContext> {
         &self.context
     }
 
-    /// The stream the ops of this value run on.
+    /// Returns the stream the ops of this value run on.
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
     }
@@ -313,11 +313,11 @@ fn typed<V>(bytes: &CudaSlice<u8>) -> CudaView<'_, V> {
     let len = bytes.len() / std::mem::size_of::<V>();
     // SAFETY: the bytes were copied from (or will receive) a host `[V]` of `len` elements, and
     // cudarc allocations are 256-byte aligned, so the view is valid and aligned for V.
-    unsafe { bytes.transmute::<V>(len) }.expect("a byte buffer of len * size_of::<V>() bytes holds len values")
+    unsafe { bytes.transmute::<V>(len) }.expect("a buffer of len * size_of::<V>() bytes has room for len values")
 }
 
 fn typed_mut<V>(bytes: &mut CudaSlice<u8>) -> CudaViewMut<'_, V> {
     let len = bytes.len() / std::mem::size_of::<V>();
     // SAFETY: as in `typed`.
-    unsafe { bytes.transmute_mut::<V>(len) }.expect("a byte buffer of len * size_of::<V>() bytes holds len values")
+    unsafe { bytes.transmute_mut::<V>(len) }.expect("a buffer of len * size_of::<V>() bytes has room for len values")
 }

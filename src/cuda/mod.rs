@@ -35,7 +35,7 @@ use crate::element::DType;
 use crate::error::Error;
 use crate::shape::Shape;
 
-/// The storage type as the launchers number it.
+/// Converts a storage type to the launchers' `sigsoftmax_dtype` code.
 fn dtype_code(dtype: DType) -> sys::sigsoftmax_dtype {
     match dtype {
         DType::F32 => sys::sigsoftmax_dtype_SIGSOFTMAX_F32,

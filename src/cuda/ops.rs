@@ -382,7 +382,7 @@ fn alloc_workspace(
     Ok(Some(workspace))
 }
 
-/// The workspace pointer (0 when there is none) and the guard that keeps it alive.
+/// Returns the workspace pointer (0 when there is none) and the guard that keeps it alive.
 fn workspace_ptr<'a>(
     workspace: &'a Option<CudaSlice<u8>>,
     stream: &'a CudaStream,
