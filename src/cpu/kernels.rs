@@ -13,7 +13,7 @@
 //! Sums use [`LANES`] independent accumulators combined in a fixed tree, so they vectorize and
 //! give the same bits on every instruction set.
 
-use super::math::{log_sigmoid, max_lane, mul_add, select, sigmoid_neg, Real};
+use super::math::{max_lane, mul_add, select, sigmoid_neg, Real};
 use super::simd::Kernel;
 
 /// Independent accumulators per sum: one AVX-512 register of f32.
@@ -28,6 +28,8 @@ pub(crate) struct RowConsts<A> {
     pub a: A,
     /// `sigmoid(-m)`, computed directly.
     pub b: A,
+    /// `min(m, 0)`.
+    pub m_negative: A,
 }
 
 impl<A: Real> RowConsts<A> {
@@ -35,21 +37,53 @@ impl<A: Real> RowConsts<A> {
         let m64 = m.to_f64();
         let a = A::from_f64(super::math::sigmoid_f64(m64));
         let b = A::from_f64(super::math::sigmoid_f64(-m64));
-        Self { m, a, b }
+        let m_negative = select(m < A::ZERO, m, A::ZERO);
+        Self {
+            m,
+            a,
+            b,
+            m_negative,
+        }
+    }
+
+    /// `log w_i + ln(1 + e^-|m|)`, the part of `log y_i` that varies per entry; `-inf` for a
+    /// masked logit. With `log sigmoid(x) = min(x, 0) - ln(1 + e^-|x|)`,
+    /// `log w_i = (z_i - m) + (min(z_i, 0) - min(m, 0)) - ln(1 + e^-|z_i|) + ln(1 + e^-|m|)`.
+    /// Pairing the two differences keeps large logits from cancelling: at `z_i = m = -1e4`,
+    /// `log sigmoid(z_i) - log sigmoid(m)` in f32 would lose three digits.
+    #[inline(always)]
+    pub fn log_weight_part<const SIG: bool, const FMA: bool>(&self, z: A) -> A {
+        let difference = z - self.m;
+        if SIG {
+            let negative_parts = select(z < A::ZERO, z, A::ZERO) - self.m_negative;
+            difference + negative_parts - (-z.abs()).exp_lane::<FMA>().ln_1p_unit::<FMA>()
+        } else {
+            difference
+        }
     }
 
     /// `w_i` for one logit (see the module docs); exactly 0 for a masked logit.
     #[inline(always)]
     pub fn weight<const SIG: bool, const FMA: bool>(&self, z: A) -> A {
+        self.weight_and_recip::<SIG, FMA>(z).0
+    }
+
+    /// `w_i` and `1 / (b + a t_i)` (1 for softmax).
+    ///
+    /// `sigmoid(-z_i) = b / (b + a t_i)`, so the second value also gives the gradient's slope
+    /// without another exponential while `b` is a normal number.
+    #[inline(always)]
+    pub fn weight_and_recip<const SIG: bool, const FMA: bool>(&self, z: A) -> (A, A) {
         let t = (z - self.m).exp_lane::<FMA>();
         if SIG {
             // When t and b both underflow the true weight is 0, not 0/0: keep the divisor
             // away from zero. t * (t / d) rather than t^2 / d keeps weights near t (large m)
             // from underflowing through t^2.
             let d = max_lane(mul_add::<A, FMA>(self.a, t, self.b), A::MIN_POSITIVE);
-            t * (t * d.recip_lane::<FMA>())
+            let r = d.recip_lane::<FMA>();
+            (t * (t * r), r)
         } else {
-            t
+            (t, A::ONE)
         }
     }
 }
@@ -244,13 +278,13 @@ impl<A: Real, const SIG: bool> Kernel for Probabilities<'_, A, SIG> {
     }
 }
 
-/// Writes the log probabilities of a chunk of logits,
-/// `l_i = (z_i - m) + log sigmoid(z_i) - shift`, where `shift = log sigmoid(m) + log sum_j w_j`
-/// (`l_i = (z_i - m) - log sum_j t_j` for softmax). Masked logits give `-inf`.
+/// Writes the log probabilities of a chunk of logits, `l_i = log_weight_part(z_i) - shift`
+/// with `shift = log sum_j w_j - ln(1 + e^-|m|)` (`log sum_j t_j` for softmax). Masked
+/// logits give `-inf`.
 pub(crate) struct LogProbabilities<'a, A, const SIG: bool> {
     pub src: Option<&'a [A]>,
     pub x: &'a mut [A],
-    pub m: A,
+    pub consts: RowConsts<A>,
     pub shift: A,
 }
 
@@ -263,16 +297,8 @@ impl<A: Real, const SIG: bool> Kernel for LogProbabilities<'_, A, SIG> {
             self.src,
             self.x,
             #[inline(always)]
-            |z| {
-                // log sigmoid(z) - log sigmoid(m) is formed from two stable terms rather than from
-                // log(w_i), which would be log(0) once t_i underflows.
-                let sigmoid_term = if SIG {
-                    log_sigmoid::<A, FMA>(z)
-                } else {
-                    A::ZERO
-                };
-                (z - self.m) + sigmoid_term - self.shift
-            },
+            // Not log(w_i) directly, which is log(0) once t_i underflows.
+            |z| self.consts.log_weight_part::<SIG, FMA>(z) - self.shift,
         );
     }
 }
@@ -318,7 +344,8 @@ fn slope<A: Real, const SIG: bool, const FMA: bool>(z: A) -> A {
     }
 }
 
-/// `dz_i = slope(z_i) y_i (dy_i - dot)`; exactly 0 where `z_i` is masked.
+/// `dz_i = slope(z_i) y_i (dy_i - dot)`; exactly 0 where `z_i` is masked, unless the row is
+/// NaN.
 pub(crate) struct Backward<'a, A, const SIG: bool> {
     pub z: &'a [A],
     pub y: &'a [A],
@@ -332,15 +359,18 @@ impl<A: Real, const SIG: bool> Kernel for Backward<'_, A, SIG> {
 
     #[inline(always)]
     fn run<const FMA: bool>(self) {
+        // Masked entries get 0, or NaN when the row is NaN (the dot product tells).
+        let masked = self.dot - self.dot;
         let inputs = self.z.iter().zip(self.y).zip(self.dy);
         for (dz, ((&z, &y), &dy)) in self.dz.iter_mut().zip(inputs) {
             let value = slope::<A, SIG, FMA>(z) * y * (dy - self.dot);
-            *dz = select(z == A::NEG_INFINITY, A::ZERO, value);
+            *dz = select(z == A::NEG_INFINITY, masked, value);
         }
     }
 }
 
-/// `dz_i = slope(z_i) (dl_i - e^(l_i) sum)`; exactly 0 where `z_i` is masked, whatever `dl_i`.
+/// `dz_i = slope(z_i) (dl_i - e^(l_i) sum)`; exactly 0 where `z_i` is masked, whatever `dl_i`,
+/// unless the row is NaN.
 pub(crate) struct LogBackward<'a, A, const SIG: bool> {
     pub z: &'a [A],
     pub l: &'a [A],
@@ -354,10 +384,13 @@ impl<A: Real, const SIG: bool> Kernel for LogBackward<'_, A, SIG> {
 
     #[inline(always)]
     fn run<const FMA: bool>(self) {
+        let masked = self.sum - self.sum;
         let inputs = self.z.iter().zip(self.l).zip(self.dl);
         for (dz, ((&z, &l), &dl)) in self.dz.iter_mut().zip(inputs) {
             let value = slope::<A, SIG, FMA>(z) * (dl - l.exp_lane::<FMA>() * self.sum);
-            *dz = select(z == A::NEG_INFINITY, A::ZERO, value);
+            // A consistent mask has l = -inf; anything else there means the row was NaN.
+            let masked = select(l == A::NEG_INFINITY, masked, A::NAN);
+            *dz = select(z == A::NEG_INFINITY, masked, value);
         }
     }
 }
@@ -367,8 +400,8 @@ impl<A: Real, const SIG: bool> Kernel for LogBackward<'_, A, SIG> {
 pub(crate) struct CrossEntropyStats<A> {
     /// `sum_i w_i`.
     pub weight_sum: A,
-    /// Over unmasked entries, `sum_i (z_i - m) + log sigmoid(z_i)`: the part of
-    /// `sum_i log y_i` that varies per entry. Only computed with label smoothing.
+    /// Over unmasked entries, `sum_i log_weight_part(z_i)`: the part of `sum_i log y_i` that
+    /// varies per entry. Only computed with label smoothing.
     pub log_terms: A,
     /// The number of unmasked entries (exact: a chunk is far below 2^24 entries).
     pub unmasked: A,
@@ -416,12 +449,7 @@ impl<A: Real, const SIG: bool, const SMOOTH: bool> Kernel
             A::ZERO,
             #[inline(always)]
             |z| {
-                let term = (z - consts.m)
-                    + if SIG {
-                        log_sigmoid::<A, FMA>(z)
-                    } else {
-                        A::ZERO
-                    };
+                let term = consts.log_weight_part::<SIG, FMA>(z);
                 select(z == A::NEG_INFINITY, A::ZERO, term)
             },
             add,
@@ -454,22 +482,43 @@ pub(crate) struct CrossEntropyGrad<'a, A, const SIG: bool> {
     pub smoothing: A,
 }
 
+/// Below this `b = sigmoid(-m)` (row max above about 69), `b / (b + a t_i)` loses precision
+/// where `t_i` underflows, so the slope is computed from `z_i` directly.
+const MIN_SHARED_B: f64 = 1e-30;
+
 impl<A: Real, const SIG: bool> Kernel for CrossEntropyGrad<'_, A, SIG> {
     type Output = ();
 
     #[inline(always)]
     fn run<const FMA: bool>(self) {
         let consts = self.consts;
-        map_into(
-            self.src,
-            self.x,
-            #[inline(always)]
-            |z| {
-                let value = slope::<A, SIG, FMA>(z)
-                    * (self.scale_y * consts.weight::<SIG, FMA>(z) - self.smoothing);
-                select(z == A::NEG_INFINITY, A::ZERO, value)
-            },
-        );
+        let (scale_y, smoothing) = (self.scale_y, self.smoothing);
+        // Masked entries get 0, or NaN when the row is NaN (its weight sum, in scale_y, tells).
+        let masked = scale_y - scale_y;
+        if !SIG || consts.b.to_f64() >= MIN_SHARED_B {
+            map_into(
+                self.src,
+                self.x,
+                #[inline(always)]
+                |z| {
+                    let (w, r) = consts.weight_and_recip::<SIG, FMA>(z);
+                    let slope = if SIG { A::ONE + consts.b * r } else { A::ONE };
+                    let value = slope * (scale_y * w - smoothing);
+                    select(z == A::NEG_INFINITY, masked, value)
+                },
+            );
+        } else {
+            map_into(
+                self.src,
+                self.x,
+                #[inline(always)]
+                |z| {
+                    let w = consts.weight::<SIG, FMA>(z);
+                    let value = slope::<A, SIG, FMA>(z) * (scale_y * w - smoothing);
+                    select(z == A::NEG_INFINITY, masked, value)
+                },
+            );
+        }
     }
 }
 

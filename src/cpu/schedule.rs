@@ -12,7 +12,7 @@ use super::kernels::{
     slope_at, Backward, CrossEntropyChunk, CrossEntropyGrad, CrossEntropyStats, Dot, LogBackward,
     LogProbabilities, Max, Probabilities, RowConsts, Scale, StoreWeights, Sum, WeightSum,
 };
-use super::math::{log_sigmoid_f64, max_lane, Real};
+use super::math::{max_lane, Real};
 use super::simd::{dispatch, Kernel};
 use crate::element::Element;
 use crate::options::{Activation, CrossEntropyOptions, Reduction, Upstream};
@@ -248,11 +248,6 @@ fn add<A: Real>(x: A, y: A) -> A {
     x + y
 }
 
-/// False for infinities and NaN.
-fn is_finite<A: Real>(x: A) -> bool {
-    x - x == A::ZERO
-}
-
 fn fill_nan<T: Element>(row: &mut [T]) {
     row.fill(T::from_f64(f64::NAN));
 }
@@ -296,7 +291,7 @@ fn forward_row<T: Element, const SIG: bool>(src: Option<&[T]>, dst: &mut [T], vi
     let m = row_max(src.unwrap_or(dst), visit);
     // m is +inf (NaN for the row, as torch.softmax) or -inf (no finite entry). NaN entries
     // do not reach m; they turn the sum below into NaN instead.
-    if !is_finite(m) {
+    if !m.is_finite() {
         return fill_nan(dst);
     }
     let consts = RowConsts::new(m);
@@ -351,7 +346,7 @@ fn log_forward_row<T: Element, const SIG: bool>(src: Option<&[T]>, dst: &mut [T]
     let cols = dst.len();
     let input = src.unwrap_or(dst);
     let m = row_max(input, visit);
-    if !is_finite(m) {
+    if !m.is_finite() {
         return fill_nan(dst);
     }
     let consts = RowConsts::new(m);
@@ -365,19 +360,25 @@ fn log_forward_row<T: Element, const SIG: bool>(src: Option<&[T]>, dst: &mut [T]
         },
         add,
     );
-    // log y_i = (z_i - m) + log sigmoid(z_i) - [log sigmoid(m) + log sum_j w_j].
-    let sigmoid_shift = if SIG {
-        log_sigmoid_f64(m.to_f64())
-    } else {
-        0.0
-    };
-    let shift = T::Accum::from_f64(sigmoid_shift + sum.to_f64().ln());
+    let shift = T::Accum::from_f64(log_shift::<SIG>(m.to_f64(), sum.to_f64()));
     visit.for_each_mut(dst, |range, chunk| {
         let src = src.map(|src| &src[range]);
         update(chunk, src, |src, x| {
-            dispatch(LogProbabilities::<_, SIG> { src, x, m, shift })
+            dispatch(LogProbabilities::<_, SIG> {
+                src,
+                x,
+                consts,
+                shift,
+            })
         })
     });
+}
+
+/// `log y_i = log_weight_part(z_i) - shift` (see `RowConsts::log_weight_part`), with
+/// `shift = ln(sum_j w_j) - ln(1 + e^-|m|)` for sigsoftmax and `ln(sum_j t_j)` for softmax.
+fn log_shift<const SIG: bool>(m: f64, weight_sum: f64) -> f64 {
+    let sigmoid_part = if SIG { (-m.abs()).exp().ln_1p() } else { 0.0 };
+    weight_sum.ln() - sigmoid_part
 }
 
 /// Backward (`log` false: inputs `z, y, dy`) and log backward (`log` true: `z, l, dl`).
@@ -545,7 +546,7 @@ impl<T: Element> RowTask<'_, T> {
         let z_target = input[target].to_f64();
 
         let m = row_max(input, visit);
-        if !is_finite(m) {
+        if !m.is_finite() {
             if let Some(grad) = grad {
                 fill_nan(grad);
             }
@@ -563,13 +564,10 @@ impl<T: Element> RowTask<'_, T> {
             CrossEntropyStats::combine,
         );
 
-        // log y_i = (z_i - m) + log sigmoid(z_i) - shift, in f64 for the scalar parts.
+        // log y_i = log_weight_part(z_i) - shift, in f64 for the target's scalar.
         let m64 = m.to_f64();
-        let log_sum = stats.weight_sum.to_f64().ln();
-        let sigmoid_shift = if SIG { log_sigmoid_f64(m64) } else { 0.0 };
-        let shift = sigmoid_shift + log_sum;
-        let target_sigmoid = if SIG { log_sigmoid_f64(z_target) } else { 0.0 };
-        let log_y_target = (z_target - m64) + target_sigmoid - shift;
+        let shift = log_shift::<SIG>(m64, stats.weight_sum.to_f64());
+        let log_y_target = RowConsts::new(m64).log_weight_part::<SIG, false>(z_target) - shift;
 
         // q = (1 - eps) onehot(target) + eps / cols over unmasked entries; a weight of 0
         // skips its term so that 0 * -inf never appears.
