@@ -334,6 +334,15 @@ impl<A: Real> Kernel for Dot<'_, A> {
     }
 }
 
+/// 0 for a finite row statistic, NaN otherwise: the value of a masked gradient entry.
+fn zero_if_finite<A: Real>(statistic: A) -> A {
+    if statistic.is_finite() {
+        A::ZERO
+    } else {
+        A::NAN
+    }
+}
+
 /// `d sigmoid-numerator / dz` relative to the numerator: `1 + sigmoid(-z)` (1 for softmax).
 #[inline(always)]
 fn slope<A: Real, const SIG: bool, const FMA: bool>(z: A) -> A {
@@ -360,7 +369,7 @@ impl<A: Real, const SIG: bool> Kernel for Backward<'_, A, SIG> {
     #[inline(always)]
     fn run<const FMA: bool>(self) {
         // Masked entries get 0, or NaN when the row is NaN (the dot product tells).
-        let masked = self.dot - self.dot;
+        let masked = zero_if_finite(self.dot);
         let inputs = self.z.iter().zip(self.y).zip(self.dy);
         for (dz, ((&z, &y), &dy)) in self.dz.iter_mut().zip(inputs) {
             let value = slope::<A, SIG, FMA>(z) * y * (dy - self.dot);
@@ -384,7 +393,7 @@ impl<A: Real, const SIG: bool> Kernel for LogBackward<'_, A, SIG> {
 
     #[inline(always)]
     fn run<const FMA: bool>(self) {
-        let masked = self.sum - self.sum;
+        let masked = zero_if_finite(self.sum);
         let inputs = self.z.iter().zip(self.l).zip(self.dl);
         for (dz, ((&z, &l), &dl)) in self.dz.iter_mut().zip(inputs) {
             let value = slope::<A, SIG, FMA>(z) * (dl - l.exp_lane::<FMA>() * self.sum);
@@ -494,7 +503,7 @@ impl<A: Real, const SIG: bool> Kernel for CrossEntropyGrad<'_, A, SIG> {
         let consts = self.consts;
         let (scale_y, smoothing) = (self.scale_y, self.smoothing);
         // Masked entries get 0, or NaN when the row is NaN (its weight sum, in scale_y, tells).
-        let masked = scale_y - scale_y;
+        let masked = zero_if_finite(scale_y);
         if !SIG || consts.b.to_f64() >= MIN_SHARED_B {
             map_into(
                 self.src,
