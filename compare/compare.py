@@ -5,9 +5,10 @@ same shapes and dtypes, in one run, interleaved.
 For each dtype and shape, every implementation is prepared (and compiled) once and checked
 against a float64 reference on the same random logits. Then it is timed in rounds. Each round
 times every implementation once, in an order rotated from round to round, so load from other
-processes falls on all of them alike. The reported time is the median over rounds of each
+processes is spread over all of them. The reported time is the median over rounds of each
 round's median call. This crate is timed by its own `sigsoftmax bench --json`, run once per
-round; a copy of one matrix (torch `copy_`) in the same rounds is the practical limit.
+round. The limit is the faster of two memory passes timed in the same rounds: a torch `copy_`
+of z, and the pass that `sigsoftmax bench` times beside the op.
 
 Writes results.json, results.md and throughput-rows*.png to --out-dir.
 
@@ -21,8 +22,10 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 import warnings
@@ -73,6 +76,9 @@ def parse_args(argv):
     parser.add_argument("--compile-dynamic", action="store_true",
                         help="let torch.compile use dynamic shapes (one compile for many "
                              "shapes) instead of compiling each shape")
+    parser.add_argument("--report-from",
+                        help="skip measuring: rewrite the report and plots from this "
+                             "results.json")
     parser.add_argument("--out-dir", default=str(Path(__file__).resolve().parent / "results"),
                         help="folder for results.json, results.md and the plots")
 
@@ -323,6 +329,11 @@ def summarize(record):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.report_from:
+        with open(args.report_from) as file:
+            saved = json.load(file)
+        write_report(saved["records"], saved["meta"], Path(args.out_dir))
+        return
     if args.device == "cuda":
         # CPU thread counts do not apply to GPU kernels.
         args.scaling_threads = 0
@@ -344,8 +355,15 @@ def main(argv=None):
     if "sigsoftmax" not in args.skip:
         try:
             binary = sigsoftmax_cli.find_binary(args.binary, args.device)
-            crate = CrateRunner(args, binary)
-            backends.versions["sigsoftmax"] = command_output([str(binary), "--version"])
+            modified = datetime.datetime.fromtimestamp(
+                binary.stat().st_mtime, datetime.timezone.utc
+            ).strftime("%Y-%m-%d %H:%M UTC")
+            meta["binary"] = {"path": str(binary), "modified": modified}
+            # A private copy, so a rebuild of target/ during the run cannot mix two builds.
+            private = Path(tempfile.mkdtemp(prefix="sigsoftmax-compare-bin-")) / binary.name
+            shutil.copy2(binary, private)
+            crate = CrateRunner(args, private)
+            backends.versions["sigsoftmax"] = command_output([str(private), "--version"])
         except sigsoftmax_cli.Unavailable as error:
             backends.unavailable["sigsoftmax"] = str(error)
             print(f"sigsoftmax unavailable: {error}", file=sys.stderr)
@@ -371,10 +389,17 @@ def main(argv=None):
     suffix = "" if args.device == "cpu" else f"-{args.device}"
     with open(out_dir / f"results{suffix}.json", "w") as file:
         json.dump({"meta": meta, "records": records}, file, indent=1)
-    (out_dir / f"results{suffix}.md").write_text(report.markdown(records, meta))
-    for rows in args.rows:
-        report.plot(records, meta, rows, out_dir / f"throughput{suffix}-rows{rows}.png")
+    write_report(records, meta, out_dir)
     print(f"done in {meta['duration_s']} s; results in {out_dir}", file=sys.stderr)
+
+
+def write_report(records, meta, out_dir):
+    """Write results.md and one throughput plot per row count into `out_dir`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    suffix = "" if meta["device"] == "cpu" else f"-{meta['device']}"
+    (out_dir / f"results{suffix}.md").write_text(report.markdown(records, meta))
+    for rows in sorted({record["rows"] for record in records}):
+        report.plot(records, meta, rows, out_dir / f"throughput{suffix}-rows{rows}.png")
 
 
 if __name__ == "__main__":

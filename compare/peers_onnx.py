@@ -2,7 +2,7 @@
 
 ONNX has no LogSigmoid op, so the composed graph computes `g(z) = z - Softplus(-z)` (equal to
 `z + log sigmoid(z)`) and then `Softmax(g)`. `Log(Sigmoid(z))` would give -inf once sigmoid
-underflows (z below about -88 in f32). Inputs and outputs are bound once to preallocated
+underflows to 0 (z below about -104 in f32). Inputs and outputs are bound once to preallocated
 buffers (I/O binding), so each run times only the graph.
 """
 
@@ -17,8 +17,8 @@ try:
 except ImportError:
     ort = None
 
-# Softmax-13 normalizes along one axis (here the last); earlier versions flatten the trailing
-# axes, which is the same for a matrix but not what the composed graph should depend on.
+# Softmax-13 normalizes along one axis, here the last. Earlier versions flatten the trailing
+# axes, which gives the same result for a matrix.
 OPSET = 13
 
 
@@ -74,8 +74,8 @@ class OnnxPeers:
                     model.SerializeToString(), options, providers=[self.provider]
                 )
             except Exception as error:
-                # onnxruntime raises its own exception types; a bf16 graph fails here on the
-                # CPU provider with NOT_IMPLEMENTED (no bf16 kernel for an op it contains).
+                # onnxruntime raises its own exception types. With bf16 on the CPU provider
+                # (1.32) loading fails: no bf16 ReduceMax kernel, and Softplus rejects bf16.
                 raise PeerUnavailable(first_line(error)) from error
 
             array = inputs.z

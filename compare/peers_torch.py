@@ -107,8 +107,8 @@ class TorchPeers:
         return prepare
 
     def backward_preparer(self, compiled):
-        """The backward of the composed sigsoftmax through autograd, given dy. The forward
-        runs once in prepare; each run repeats only the backward (retain_graph)."""
+        """Prepare the backward of the composed sigsoftmax through autograd, given dy. The
+        forward runs once here, and each run repeats only the backward (retain_graph)."""
         function = self.function(composed_sigsoftmax, compiled)
 
         def prepare(inputs):

@@ -16,8 +16,8 @@ LOGIT_STD = 3.0
 # `cross-entropy` (sigsoftmax cross-entropy).
 OPS = ("softmax", "forward", "backward", "cross-entropy", "softmax-cross-entropy")
 
-# Matrices read and written per run, as counted for the crate's benchmark: forward reads z
-# and writes y; backward reads z, y and dy and writes dz; cross-entropy reads z and writes dz.
+# Matrices read and written per run, as the crate's benchmark counts them. Forward reads z and
+# writes y, backward reads z, y and dy and writes dz, and cross-entropy reads z and writes dz.
 MATRICES_MOVED = {
     "softmax": 2,
     "forward": 2,
@@ -66,7 +66,7 @@ class Inputs:
 
 def make_inputs(rows, cols, dtype, seed=0):
     """Draw normal logits (std 3), a normal upstream gradient and uniform targets, seeded by the
-    shape so every run and every implementation sees the same values."""
+    shape so every run and every implementation gets the same values."""
     rng = np.random.default_rng([seed, rows, cols])
     z = (rng.standard_normal((rows, cols), dtype=np.float32) * np.float32(LOGIT_STD))
     dy = rng.standard_normal((rows, cols), dtype=np.float32)

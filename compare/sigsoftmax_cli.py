@@ -59,7 +59,7 @@ def _check(completed, command):
 def bench(binary, ops, activation, dtype, rows, cols, threads, device, timing):
     """Time `ops` once through `sigsoftmax bench --json` and return its JSON objects by op.
 
-    `timing` holds the bench's warmup, iters and min_time. The crate draws its own normal
+    `timing` contains the bench's warmup, iters and min_time. The crate draws its own normal
     logits with the same standard deviation (3), not the comparison's array."""
     command = [
         binary,

@@ -21,8 +21,8 @@ class RoundSettings:
 
 
 def time_round(run, settings):
-    """Call `run` `settings.warmup` times untimed, then until it has been called at least
-    `min_calls` times and for `min_time` seconds in total; return the median call in seconds."""
+    """Call `run` `settings.warmup` times untimed, then at least `min_calls` times and until
+    the timed calls add up to `min_time` seconds. Return the median call in seconds."""
     for _ in range(settings.warmup):
         run()
     samples = []
