@@ -7,9 +7,9 @@
 //! - `forward`, `softmax` (the same forward with the sigmoid factor off), `backward` and
 //!   `cross_entropy` (mean, with a gradient buffer).
 //!
-//! Throughput counts the bytes each op must move: forward reads `z` and writes `y`; backward
-//! reads `z`, `y`, `dy` and writes `dz`; cross-entropy reads `z` and writes the gradient, plus
-//! one target and one loss per row. The ratio of an op's bytes per second to `copy`'s is its
+//! Throughput counts the bytes each op must move. Forward reads `z` and writes `y`. Backward
+//! reads `z`, `y` and `dy` and writes `dz`. Cross-entropy reads `z` and writes the gradient,
+//! plus one target and one loss per row. The ratio of an op's bytes per second to `copy`'s is its
 //! fraction of the limit.
 //!
 //! Run with `cargo bench --bench ops`; a filter such as `cargo bench --bench ops -- f32/32x50257`

@@ -3,6 +3,9 @@
 //!
 //! One test binary with a module per concern, so `cargo test --release` links the crate once.
 
+// Comparisons walk several parallel buffers (input, output, reference, bound) by one index.
+#![allow(clippy::needless_range_loop)]
+
 #[macro_use]
 #[path = "../common/mod.rs"]
 mod common;
