@@ -91,7 +91,13 @@ impl Device {
     }
 
     /// [`crate::cpu::forward`] on this device.
-    pub fn forward<T: Element>(&self, activation: Activation, shape: Shape, z: &[T], y: &mut [T]) -> Result<()> {
+    pub fn forward<T: Element>(
+        &self,
+        activation: Activation,
+        shape: Shape,
+        z: &[T],
+        y: &mut [T],
+    ) -> Result<()> {
         match self {
             Device::Cpu => crate::cpu::forward(activation, shape, z, y),
             #[cfg(feature = "cuda")]
@@ -100,7 +106,13 @@ impl Device {
     }
 
     /// [`crate::cpu::log_forward`] on this device.
-    pub fn log_forward<T: Element>(&self, activation: Activation, shape: Shape, z: &[T], l: &mut [T]) -> Result<()> {
+    pub fn log_forward<T: Element>(
+        &self,
+        activation: Activation,
+        shape: Shape,
+        z: &[T],
+        l: &mut [T],
+    ) -> Result<()> {
         match self {
             Device::Cpu => crate::cpu::log_forward(activation, shape, z, l),
             #[cfg(feature = "cuda")]
@@ -155,9 +167,13 @@ impl Device {
         grad: Option<&mut [T]>,
     ) -> Result<f64> {
         match self {
-            Device::Cpu => crate::cpu::cross_entropy(activation, shape, z, targets, options, losses, grad),
+            Device::Cpu => {
+                crate::cpu::cross_entropy(activation, shape, z, targets, options, losses, grad)
+            }
             #[cfg(feature = "cuda")]
-            Device::Cuda(gpu) => gpu.cross_entropy_host(activation, shape, z, targets, options, losses, grad),
+            Device::Cuda(gpu) => {
+                gpu.cross_entropy_host(activation, shape, z, targets, options, losses, grad)
+            }
         }
     }
 }

@@ -53,11 +53,19 @@ pub enum Error {
         "{op}: a per-row upstream gradient needs Reduction::None, but the reduction is {reduction}; \
          pass Upstream::Scalar for sum or mean"
     )]
-    UpstreamNeedsNoReduction { op: &'static str, reduction: &'static str },
+    UpstreamNeedsNoReduction {
+        op: &'static str,
+        reduction: &'static str,
+    },
 
     /// A device buffer is not aligned to its element size.
     #[error("{op}: device buffer `{name}` at {address:#x} is not aligned to {align} bytes; pass a pointer aligned to the element size")]
-    Misaligned { op: &'static str, name: &'static str, address: usize, align: usize },
+    Misaligned {
+        op: &'static str,
+        name: &'static str,
+        address: usize,
+        align: usize,
+    },
 
     /// No usable GPU: no CUDA support in this build, no driver library, or no device.
     #[error("CUDA is not available: {reason}")]
@@ -69,7 +77,11 @@ pub enum Error {
 
     /// A CUDA call failed.
     #[error("{op} on shape {shape} failed on the GPU: {message}")]
-    Cuda { op: &'static str, shape: Shape, message: String },
+    Cuda {
+        op: &'static str,
+        shape: Shape,
+        message: String,
+    },
 
     /// A thread pool for `threads` could not be built.
     #[error("failed to build a thread pool with {threads} threads: {message}")]

@@ -93,7 +93,12 @@ pub struct CrossEntropyOptions<'a> {
 
 impl Default for CrossEntropyOptions<'_> {
     fn default() -> Self {
-        Self { ignore_index: Some(-100), label_smoothing: 0.0, reduction: Reduction::Mean, upstream: Upstream::One }
+        Self {
+            ignore_index: Some(-100),
+            label_smoothing: 0.0,
+            reduction: Reduction::Mean,
+            upstream: Upstream::One,
+        }
     }
 }
 
@@ -104,7 +109,10 @@ impl CrossEntropyOptions<'_> {
             return Err(Error::InvalidLabelSmoothing(self.label_smoothing));
         }
         if matches!(self.upstream, Upstream::PerRow(_)) && self.reduction != Reduction::None {
-            return Err(Error::UpstreamNeedsNoReduction { op, reduction: self.reduction.name() });
+            return Err(Error::UpstreamNeedsNoReduction {
+                op,
+                reduction: self.reduction.name(),
+            });
         }
         Ok(())
     }

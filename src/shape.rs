@@ -52,20 +52,42 @@ impl Shape {
     }
 
     /// Checks that a buffer called `name` holds exactly `rows * cols` elements.
-    pub(crate) fn check_matrix(&self, op: &'static str, name: &'static str, len: usize) -> Result<()> {
+    pub(crate) fn check_matrix(
+        &self,
+        op: &'static str,
+        name: &'static str,
+        len: usize,
+    ) -> Result<()> {
         self.check_len(op, name, self.len(), len)
     }
 
     /// Checks that a per-row buffer called `name` holds exactly `rows` elements.
-    pub(crate) fn check_per_row(&self, op: &'static str, name: &'static str, len: usize) -> Result<()> {
+    pub(crate) fn check_per_row(
+        &self,
+        op: &'static str,
+        name: &'static str,
+        len: usize,
+    ) -> Result<()> {
         self.check_len(op, name, self.rows, len)
     }
 
-    fn check_len(&self, op: &'static str, name: &'static str, expected: usize, actual: usize) -> Result<()> {
+    fn check_len(
+        &self,
+        op: &'static str,
+        name: &'static str,
+        expected: usize,
+        actual: usize,
+    ) -> Result<()> {
         if expected == actual {
             Ok(())
         } else {
-            Err(Error::LengthMismatch { op, name, shape: *self, expected, actual })
+            Err(Error::LengthMismatch {
+                op,
+                name,
+                shape: *self,
+                expected,
+                actual,
+            })
         }
     }
 }

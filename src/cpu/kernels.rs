@@ -89,11 +89,18 @@ impl<A: Real> RowConsts<A> {
 }
 
 /// Combines `map(x_i)` over a chunk into one value through [`LANES`] accumulators.
+/// Logits are padded with `-inf`, whose weight is 0 and which the max ignores.
 ///
 /// Closures passed to this and to [`map_into`] are `#[inline(always)]`: a closure left out of
 /// line would be compiled without the caller's target features and call `fmaf` per element.
 #[inline(always)]
-fn reduce<A: Real>(x: &[A], init: A, map: impl Fn(A) -> A, combine: impl Fn(A, A) -> A) -> A {
+fn reduce<A: Real>(
+    x: &[A],
+    pad: A,
+    init: A,
+    map: impl Fn(A) -> A,
+    combine: impl Fn(A, A) -> A,
+) -> A {
     let mut acc = [init; LANES];
     let mut blocks = x.chunks_exact(LANES);
     for block in &mut blocks {
@@ -101,8 +108,16 @@ fn reduce<A: Real>(x: &[A], init: A, map: impl Fn(A) -> A, combine: impl Fn(A, A
             acc[lane] = combine(acc[lane], map(block[lane]));
         }
     }
-    for (lane, &value) in blocks.remainder().iter().enumerate() {
-        acc[lane] = combine(acc[lane], map(value));
+    // The tail is padded to a whole block with `pad`, which `map` must send to the neutral
+    // value of `combine`. Indexing the lanes with a run-time tail length instead makes LLVM
+    // keep them in memory and use 2-lane vectors.
+    let rest = blocks.remainder();
+    if !rest.is_empty() {
+        let mut last = [pad; LANES];
+        last[..rest.len()].copy_from_slice(rest);
+        for lane in 0..LANES {
+            acc[lane] = combine(acc[lane], map(last[lane]));
+        }
     }
     fold_lanes(acc, combine)
 }
@@ -151,38 +166,13 @@ impl<A: Real> Kernel for Max<'_, A> {
 
     #[inline(always)]
     fn run<const FMA: bool>(self) -> A {
-        let mut acc = [A::NEG_INFINITY; LANES];
-        let mut blocks = self.0.chunks_exact(LANES);
-        for block in &mut blocks {
-            // `chunks_exact` yields exactly LANES elements; the array type lets LLVM see it.
-            if let Ok(block) = <&[A; LANES]>::try_from(block) {
-                acc = std::array::from_fn(
-                    #[inline(always)]
-                    |lane| max_lane(acc[lane], block[lane]),
-                );
-            }
-        }
-        for (lane, &z) in blocks.remainder().iter().enumerate() {
-            acc[lane] = max_lane(acc[lane], z);
-        }
-        fold_lanes(acc, max_lane)
-    }
-}
-
-/// The sum of a chunk.
-pub(crate) struct Sum<'a, A>(pub &'a [A]);
-
-impl<A: Real> Kernel for Sum<'_, A> {
-    type Output = A;
-
-    #[inline(always)]
-    fn run<const FMA: bool>(self) -> A {
         reduce(
             self.0,
-            A::ZERO,
+            A::NEG_INFINITY,
+            A::NEG_INFINITY,
             #[inline(always)]
-            |x| x,
-            add,
+            |z| z,
+            max_lane,
         )
     }
 }
@@ -201,6 +191,7 @@ impl<A: Real, const SIG: bool> Kernel for WeightSum<'_, A, SIG> {
         let consts = self.consts;
         reduce(
             self.z,
+            A::NEG_INFINITY,
             A::ZERO,
             #[inline(always)]
             |z| consts.weight::<SIG, FMA>(z),
@@ -230,6 +221,7 @@ impl<A: Real, const SIG: bool> Kernel for StoreWeights<'_, A, SIG> {
         );
         reduce(
             self.x,
+            A::ZERO,
             A::ZERO,
             #[inline(always)]
             |w| w,
@@ -303,6 +295,30 @@ impl<A: Real, const SIG: bool> Kernel for LogProbabilities<'_, A, SIG> {
     }
 }
 
+/// Sums `map(a_i, b_i)` over a chunk through [`LANES`] accumulators; the tail is padded with
+/// zeros, which `map` must send to 0 (see [`reduce`] for why it is padded).
+#[inline(always)]
+fn sum_pairs<A: Real>(a: &[A], b: &[A], map: impl Fn(A, A) -> A) -> A {
+    let mut acc = [A::ZERO; LANES];
+    let mut a_blocks = a.chunks_exact(LANES);
+    let mut b_blocks = b.chunks_exact(LANES);
+    for (a, b) in (&mut a_blocks).zip(&mut b_blocks) {
+        for lane in 0..LANES {
+            acc[lane] += map(a[lane], b[lane]);
+        }
+    }
+    let (a_rest, b_rest) = (a_blocks.remainder(), b_blocks.remainder());
+    if !a_rest.is_empty() {
+        let (mut a_last, mut b_last) = ([A::ZERO; LANES], [A::ZERO; LANES]);
+        a_last[..a_rest.len()].copy_from_slice(a_rest);
+        b_last[..b_rest.len()].copy_from_slice(b_rest);
+        for lane in 0..LANES {
+            acc[lane] += map(a_last[lane], b_last[lane]);
+        }
+    }
+    fold_lanes(acc, add)
+}
+
 /// `sum_i a_i b_i` over a chunk.
 pub(crate) struct Dot<'a, A> {
     pub a: &'a [A],
@@ -314,23 +330,35 @@ impl<A: Real> Kernel for Dot<'_, A> {
 
     #[inline(always)]
     fn run<const FMA: bool>(self) -> A {
-        let mut acc = [A::ZERO; LANES];
-        let mut a_blocks = self.a.chunks_exact(LANES);
-        let mut b_blocks = self.b.chunks_exact(LANES);
-        for (a, b) in (&mut a_blocks).zip(&mut b_blocks) {
-            for lane in 0..LANES {
-                acc[lane] += a[lane] * b[lane];
-            }
-        }
-        for (lane, (&a, &b)) in a_blocks
-            .remainder()
-            .iter()
-            .zip(b_blocks.remainder())
-            .enumerate()
-        {
-            acc[lane] += a * b;
-        }
-        fold_lanes(acc, add)
+        sum_pairs(
+            self.a,
+            self.b,
+            #[inline(always)]
+            |a, b| a * b,
+        )
+    }
+}
+
+/// `sum_i x_i` over the entries whose logit `z_i` is not masked.
+///
+/// A masked log-probability is the constant `-inf`, so its upstream gradient reaches no
+/// logit; skipping it also keeps a NaN or infinite upstream there out of the row.
+pub(crate) struct UnmaskedSum<'a, A> {
+    pub z: &'a [A],
+    pub x: &'a [A],
+}
+
+impl<A: Real> Kernel for UnmaskedSum<'_, A> {
+    type Output = A;
+
+    #[inline(always)]
+    fn run<const FMA: bool>(self) -> A {
+        sum_pairs(
+            self.z,
+            self.x,
+            #[inline(always)]
+            |z, x| select(z == A::NEG_INFINITY, A::ZERO, x),
+        )
     }
 }
 
@@ -442,6 +470,7 @@ impl<A: Real, const SIG: bool, const SMOOTH: bool> Kernel
         let consts = self.consts;
         let weight_sum = reduce(
             self.z,
+            A::NEG_INFINITY,
             A::ZERO,
             #[inline(always)]
             |z| consts.weight::<SIG, FMA>(z),
@@ -455,6 +484,7 @@ impl<A: Real, const SIG: bool, const SMOOTH: bool> Kernel
         }
         let log_terms = reduce(
             self.z,
+            A::NEG_INFINITY,
             A::ZERO,
             #[inline(always)]
             |z| {
@@ -465,6 +495,7 @@ impl<A: Real, const SIG: bool, const SMOOTH: bool> Kernel
         );
         let unmasked = reduce(
             self.z,
+            A::NEG_INFINITY,
             A::ZERO,
             #[inline(always)]
             |z| select(z == A::NEG_INFINITY, A::ZERO, A::ONE),

@@ -117,9 +117,10 @@ pub fn backward<T: Element>(
 }
 
 /// Computes the gradient with respect to the logits from `z`, `l = log_forward(z)` and `dl`:
-/// `dz_i = (1 + sigmoid(-z_i)) * (dl_i - exp(l_i) * sum_j dl_j)`.
+/// `dz_i = (1 + sigmoid(-z_i)) * (dl_i - exp(l_i) * sum_j dl_j)`, the sum over unmasked `j`.
 ///
-/// Masked entries get exactly 0, whatever `dl` holds there.
+/// A masked log-probability is the constant `-inf`, so masked entries get exactly 0 and their
+/// `dl` reaches no other entry, whatever it holds.
 ///
 /// # Errors
 /// [`Error::LengthMismatch`] when a buffer is not `rows * cols` long.

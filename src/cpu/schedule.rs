@@ -10,7 +10,7 @@ use rayon::prelude::*;
 
 use super::kernels::{
     slope_at, Backward, CrossEntropyChunk, CrossEntropyGrad, CrossEntropyStats, Dot, LogBackward,
-    LogProbabilities, Max, Probabilities, RowConsts, Scale, StoreWeights, Sum, WeightSum,
+    LogProbabilities, Max, Probabilities, RowConsts, Scale, StoreWeights, UnmaskedSum, WeightSum,
 };
 use super::math::{max_lane, Real};
 use super::simd::{dispatch, Kernel};
@@ -447,7 +447,11 @@ fn log_backward_row<T: Element, const SIG: bool>(
     let sum = visit.reduce(
         z.len(),
         T::Accum::ZERO,
-        |range| read(&dl[range], |dl| dispatch(Sum(dl))),
+        |range| {
+            read(&z[range.clone()], |z| {
+                read(&dl[range], |x| dispatch(UnmaskedSum { z, x }))
+            })
+        },
         add,
     );
     visit.for_each_mut(dz, |range, chunk| {
