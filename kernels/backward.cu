@@ -8,8 +8,10 @@
 // Softmax drops the factor (1 + s(-z_i)). The factor is computed from z_i alone as
 // 1 + 1 / (1 + e^z_i) with the overflow-free sigmoid_neg. Where z_i = -inf the entry is masked
 // and dz_i is set to exactly 0: the formula would give 0 * (...) there, which is NaN when dy_i or
-// dl_i is infinite, and the log formula does not vanish there at all unless dl_i = 0.
-// The row sum includes every entry, masked or not, as torch's log_softmax backward does.
+// dl_i is infinite, and the log formula does not vanish there at all unless dl_i = 0. A NaN row
+// (NaN row sum, or a log output that is not -inf at the mask) gives NaN there instead, as on the
+// CPU. The log output's row sum leaves out masked entries (recognised by l_i = -inf, since z is
+// not read in that phase): a masked l_i is the constant -inf, so its dl_i reaches no logit.
 //
 // Both cached arrays (y and dy, or l and dl) are loaded in the first phase; z is read only in the
 // second, so every input is read from device memory once.
@@ -29,15 +31,19 @@ template <typename A, int VEC> constexpr int backward_block_elems() {
     return 8;
 }
 
-// The row sum's term for one element: dy_i y_i, or dl_i for the log output.
+// The row sum's term for one element: dy_i y_i, or dl_i for the log output (0 where masked).
 template <typename A> __device__ __forceinline__ A dot_term(A out, A dout, bool log_output) {
-    return log_output ? dout : dout * out;
+    if (log_output) return out == -infinity<A>() ? A(0) : dout;
+    return dout * out;
 }
 
 template <typename A>
 __device__ __forceinline__ A gradient(A z, A out, A dout, A dot, bool sig, bool log_output) {
-    // Masked entry: exactly 0 whatever the other inputs hold there.
-    if (z == -infinity<A>()) return A(0);
+    // Masked entry: exactly 0 whatever dy_i or dl_i holds, unless the row is NaN.
+    if (z == -infinity<A>()) {
+        const bool row_ok = isfinite(dot) && (!log_output || out == -infinity<A>());
+        return row_ok ? A(0) : quiet_nan<A>();
+    }
     // exp(l_i) recovers y_i from the log output; l_i = -inf gives 0.
     const A inner = log_output ? dout - exp_(out) * dot : out * (dout - dot);
     return sig ? grad_factor(z) * inner : inner;

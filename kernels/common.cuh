@@ -69,12 +69,6 @@ __device__ __forceinline__ double log1p_(double x) { return log1p(x); }
 // ---------------------------------------------------------------------------------------------
 // Stable sigmoid pieces.
 
-// log s(x) = min(x, 0) - log1p(exp(-|x|)): exp never overflows and nothing cancels.
-// -inf gives -inf - log1p(0) = -inf; NaN gives NaN.
-template <typename A> __device__ __forceinline__ A log_sigmoid(A x) {
-    return fmin(x, A(0)) - log1p_(exp_(-fabs(x)));
-}
-
 // s(-x) = 1 / (1 + e^x), written with e = exp(-|x|) so that nothing overflows:
 // x >= 0: e / (1 + e); x < 0: 1 / (1 + e). -inf gives 1, +inf gives 0.
 template <typename A> __device__ __forceinline__ A sigmoid_neg(A x) {
@@ -82,10 +76,12 @@ template <typename A> __device__ __forceinline__ A sigmoid_neg(A x) {
     return (x < A(0) ? A(1) : e) / (A(1) + e);
 }
 
-// Row constants a = s(m), b = s(-m) and log s(m), computed once per row in f64 and rounded, so
-// the f32 path starts from correctly rounded constants. Each of a and b is computed directly.
+// Row constants a = s(m), b = s(-m) and log1p(exp(-|m|)), computed once per row in f64 and
+// rounded, so the f32 path starts from correctly rounded constants. Each of a and b is computed
+// directly.
 template <typename A> struct RowConstants {
-    A a, b, log_sigmoid_m;
+    A a, b;
+    A log1p_m;  // log1p(exp(-|m|)), the second part of log s(m) = min(m, 0) - log1p_m
 
     __device__ __forceinline__ explicit RowConstants(A m) {
         const double md = double(m);
@@ -94,9 +90,18 @@ template <typename A> struct RowConstants {
         const double small = e / (1.0 + e);
         a = A(md >= 0.0 ? big : small);
         b = A(md >= 0.0 ? small : big);
-        log_sigmoid_m = A(fmin(md, 0.0) - log1p(e));
+        log1p_m = A(log1p(e));
     }
 };
+
+// log s(z) - log s(m) without cancellation. With log s(x) = min(x, 0) - log1p(exp(-|x|)), the
+// two min terms are paired (their difference is exact when z and m are close) and the log1p
+// terms, which are below ln 2, are kept apart. Subtracting the two log sigmoids instead loses
+// three digits in f32 at z = m = -1e4. z = -inf gives -inf.
+template <typename A>
+__device__ __forceinline__ A log_sigmoid_ratio(A z, A m, const RowConstants<A> &c) {
+    return (fmin(z, A(0)) - fmin(m, A(0))) - log1p_(exp_(-fabs(z))) + c.log1p_m;
+}
 
 // w_i = t_i^2 / (b + a t_i), written t * (t / d) so that w stays accurate when b << a t (there
 // t / d is close to 1 and rounds well, where t^2 / d would lose the small t^2 to underflow

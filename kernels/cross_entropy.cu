@@ -94,7 +94,7 @@ __device__ __forceinline__ A row_loss(const RowStats<A> &s, const RowConstants<A
     if (eps < A(1)) {
         // A masked target (z_t = -inf) gives l_t = -inf and an infinite loss.
         A l_t = (s.z_t - s.m) - log_sum;
-        if (sig) l_t += log_sigmoid(s.z_t) - c.log_sigmoid_m;
+        if (sig) l_t += log_sigmoid_ratio(s.z_t, s.m, c);
         loss -= (A(1) - eps) * l_t;
     }
     if (eps > A(0)) loss -= eps / A(cols) * (s.p - s.n * log_sum);
@@ -109,7 +109,7 @@ __device__ __forceinline__ A ce_gradient(A z, int64_t col, const RowStats<A> &s,
                                          A u) {
     if (t.ignored) return A(0);
     if (bad) return quiet_nan<A>();
-    // Masked entry: exactly 0, where Q y - q would be 0 - eps / cols.
+    // Masked entry: exactly 0, where Q y - q would be 0 - eps / cols (bad rows returned above).
     if (z == -infinity<A>()) return A(0);
     const A tz = exp_(z - s.m);
     A factor = A(1), y;
@@ -139,7 +139,7 @@ __device__ __forceinline__ void add_smoothing_terms(A z, A m, const RowConstants
                                                     A &p, A &n) {
     if (z == -infinity<A>()) return;
     A g = z - m;
-    if (sig) g += log_sigmoid(z) - c.log_sigmoid_m;
+    if (sig) g += log_sigmoid_ratio(z, m, c);
     p += g;
     n += A(1);
 }

@@ -30,7 +30,7 @@ __device__ __forceinline__ A forward_value(A z, A w, A m, A inv_sum, A log_sum,
     if (!log_output) return w * inv_sum;
     // A masked z_i = -inf gives -inf here: (z - m) is -inf and log s(-inf) is -inf.
     A l = (z - m) - log_sum;
-    if (sig) l += log_sigmoid(z) - c.log_sigmoid_m;
+    if (sig) l += log_sigmoid_ratio(z, m, c);
     return l;
 }
 
