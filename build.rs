@@ -74,7 +74,10 @@ mod cuda {
             if nvcc.is_file() {
                 return nvcc;
             }
-            fail(&format!("NVCC is set to {}, which is not a file", nvcc.display()));
+            fail(&format!(
+                "NVCC is set to {}, which is not a file",
+                nvcc.display()
+            ));
         }
         for var in ["CUDA_HOME", "CUDA_PATH"] {
             if let Some(home) = env::var_os(var) {
@@ -97,7 +100,9 @@ mod cuda {
 
     fn find_on_path(name: &str) -> Option<PathBuf> {
         let path = env::var_os("PATH")?;
-        env::split_paths(&path).map(|dir| dir.join(name)).find(|candidate| candidate.is_file())
+        env::split_paths(&path)
+            .map(|dir| dir.join(name))
+            .find(|candidate| candidate.is_file())
     }
 
     /// `(major, minor)` from `nvcc --version` ("Cuda compilation tools, release 13.0, ...").
@@ -105,17 +110,28 @@ mod cuda {
         let output = Command::new(nvcc)
             .arg("--version")
             .output()
-            .unwrap_or_else(|error| fail(&format!("failed to run {} --version: {error}", nvcc.display())));
+            .unwrap_or_else(|error| {
+                fail(&format!(
+                    "failed to run {} --version: {error}",
+                    nvcc.display()
+                ))
+            });
         let text = String::from_utf8_lossy(&output.stdout);
         let release = text
             .split("release ")
             .nth(1)
             .and_then(|rest| rest.split(',').next())
             .unwrap_or_else(|| fail(&format!("unexpected `nvcc --version` output:\n{text}")));
-        let mut parts = release.trim().split('.').map(|part| part.parse::<u32>().unwrap_or(0));
+        let mut parts = release
+            .trim()
+            .split('.')
+            .map(|part| part.parse::<u32>().unwrap_or(0));
         let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
         if version < (11, 8) {
-            fail(&format!("nvcc {} is CUDA {release}; CUDA 11.8 or newer is required", nvcc.display()));
+            fail(&format!(
+                "nvcc {} is CUDA {release}; CUDA 11.8 or newer is required",
+                nvcc.display()
+            ));
         }
         version
     }
@@ -123,11 +139,18 @@ mod cuda {
     /// Returns the folder above nvcc's `bin` (`/usr` for Debian's `/usr/bin/nvcc`).
     fn toolkit_root(nvcc: &Path) -> PathBuf {
         let nvcc = nvcc.canonicalize().unwrap_or_else(|_| nvcc.to_path_buf());
-        nvcc.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/usr"))
+        nvcc.parent()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("/usr"))
     }
 
     fn find_include_dir(root: &Path) -> PathBuf {
-        let candidates = [root.join("include"), root.join("targets/x86_64-linux/include"), "/usr/include".into()];
+        let candidates = [
+            root.join("include"),
+            root.join("targets/x86_64-linux/include"),
+            "/usr/include".into(),
+        ];
         candidates
             .into_iter()
             .find(|dir| dir.join("cuda_runtime_api.h").is_file())
@@ -164,12 +187,18 @@ mod cuda {
                 arch.trim()
                     .trim_start_matches("sm_")
                     .parse()
-                    .unwrap_or_else(|_| fail(&format!("invalid SIGSOFTMAX_CUDA_ARCHS entry `{arch}`; use e.g. 80;86;89;90")))
+                    .unwrap_or_else(|_| {
+                        fail(&format!(
+                            "invalid SIGSOFTMAX_CUDA_ARCHS entry `{arch}`; use e.g. 80;86;89;90"
+                        ))
+                    })
             })
             .collect();
         archs.sort_unstable();
         archs.dedup();
-        let newest = *archs.last().unwrap_or_else(|| fail("SIGSOFTMAX_CUDA_ARCHS lists no architecture"));
+        let newest = *archs
+            .last()
+            .unwrap_or_else(|| fail("SIGSOFTMAX_CUDA_ARCHS lists no architecture"));
 
         // cc takes nvcc from the NVCC variable (`Build::compiler` would set the host compiler).
         env::set_var("NVCC", nvcc);
@@ -185,8 +214,14 @@ mod cuda {
             .files(SOURCES)
             .warnings(false);
         for arch in &archs {
-            let code = if *arch == newest { format!("[sm_{arch},compute_{arch}]") } else { format!("sm_{arch}") };
-            build.flag("-gencode").flag(format!("arch=compute_{arch},code={code}"));
+            let code = if *arch == newest {
+                format!("[sm_{arch},compute_{arch}]")
+            } else {
+                format!("sm_{arch}")
+            };
+            build
+                .flag("-gencode")
+                .flag(format!("arch=compute_{arch},code={code}"));
         }
         match host_compiler(version) {
             Some(ccbin) => {
@@ -214,14 +249,20 @@ mod cuda {
         let output = Command::new("g++")
             .arg("-print-file-name=libstdc++.a")
             .output()
-            .unwrap_or_else(|error| fail(&format!("SIGSOFTMAX_STATIC_STDCXX=1 needs g++ to find libstdc++.a: {error}")));
+            .unwrap_or_else(|error| {
+                fail(&format!(
+                    "SIGSOFTMAX_STATIC_STDCXX=1 needs g++ to find libstdc++.a: {error}"
+                ))
+            });
         let archive = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
         match archive.parent().filter(|_| archive.is_file()) {
             Some(dir) => {
                 println!("cargo:rustc-link-search=native={}", dir.display());
                 println!("cargo:rustc-link-lib=static=stdc++");
             }
-            None => fail("SIGSOFTMAX_STATIC_STDCXX=1 but g++ has no libstdc++.a; install libstdc++-12-dev"),
+            None => fail(
+                "SIGSOFTMAX_STATIC_STDCXX=1 but g++ has no libstdc++.a; install libstdc++-12-dev",
+            ),
         }
     }
 
@@ -253,10 +294,12 @@ mod cuda {
         let mut report = String::new();
         for source in SOURCES {
             let mut command = compiler.to_command();
-            command.args(["-Xptxas", "-v", "-c", source, "-o"]).arg(out_dir.join("ptxas-check.o"));
-            let output = command
-                .output()
-                .unwrap_or_else(|error| fail(&format!("failed to rerun nvcc on {source}: {error}")));
+            command
+                .args(["-Xptxas", "-v", "-c", source, "-o"])
+                .arg(out_dir.join("ptxas-check.o"));
+            let output = command.output().unwrap_or_else(|error| {
+                fail(&format!("failed to rerun nvcc on {source}: {error}"))
+            });
             report.push_str(&String::from_utf8_lossy(&output.stderr));
         }
         if verbose {
@@ -279,12 +322,22 @@ mod cuda {
         for line in report.lines() {
             if let Some(rest) = line.split("Compiling entry function '").nth(1) {
                 kernel = rest.split('\'').next().unwrap_or_default().to_string();
-                arch = rest.split("for '").nth(1).unwrap_or_default().trim_end_matches('\'').to_string();
-            } else if line.contains("bytes spill stores") && !line.contains(" 0 bytes spill stores, 0 bytes spill loads") {
+                arch = rest
+                    .split("for '")
+                    .nth(1)
+                    .unwrap_or_default()
+                    .trim_end_matches('\'')
+                    .to_string();
+            } else if line.contains("bytes spill stores")
+                && !line.contains(" 0 bytes spill stores, 0 bytes spill loads")
+            {
                 // Mangled template arguments start with `Id` for double: forward_cachedIdLi2E...
                 let is_f64 = kernel.contains("IdL") || kernel.contains("IdEv");
                 if !is_f64 {
-                    offenders.push(format!("{kernel} ({arch}):{}", line.trim_start_matches("ptxas info    :")));
+                    offenders.push(format!(
+                        "{kernel} ({arch}):{}",
+                        line.trim_start_matches("ptxas info    :")
+                    ));
                 }
             }
         }
@@ -308,7 +361,10 @@ mod cuda {
         let mode = env::var("SIGSOFTMAX_CUDART").unwrap_or_else(|_| "static".into());
         match mode.as_str() {
             "static" => {
-                if !dirs.iter().any(|dir| dir.join("libcudart_static.a").is_file()) {
+                if !dirs
+                    .iter()
+                    .any(|dir| dir.join("libcudart_static.a").is_file())
+                {
                     fail(&format!(
                         "libcudart_static.a was not found in {dirs:?}; install the CUDA runtime \
                          (PyPI: nvidia-cuda-runtime) or set SIGSOFTMAX_CUDART=shared"
@@ -331,19 +387,26 @@ mod cuda {
                     fail(&format!("libcudart.so was not found in {dirs:?}"));
                 }
             }
-            other => fail(&format!("invalid SIGSOFTMAX_CUDART `{other}`; use static or shared")),
+            other => fail(&format!(
+                "invalid SIGSOFTMAX_CUDART `{other}`; use static or shared"
+            )),
         }
     }
 
     fn versioned_cudart(dirs: &[PathBuf]) -> Option<String> {
-        dirs.iter().filter_map(|dir| std::fs::read_dir(dir).ok()).flatten().flatten().find_map(|entry| {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            name.starts_with("libcudart.so.").then_some(name)
-        })
+        dirs.iter()
+            .filter_map(|dir| std::fs::read_dir(dir).ok())
+            .flatten()
+            .flatten()
+            .find_map(|entry| {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                name.starts_with("libcudart.so.").then_some(name)
+            })
     }
 
     fn generate_bindings(include: &Path) {
-        let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("bindings.rs");
+        let out =
+            PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("bindings.rs");
         bindgen::Builder::default()
             .header("kernels/sigsoftmax.h")
             .clang_arg(format!("-I{}", include.display()))

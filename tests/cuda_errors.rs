@@ -30,11 +30,20 @@ fn cuda_error_message_says_what_to_do() {
         return; // a GPU is present
     };
     let message = error.to_string();
-    assert!(message.starts_with("CUDA is not available: "), "unexpected message: {message}");
+    assert!(
+        message.starts_with("CUDA is not available: "),
+        "unexpected message: {message}"
+    );
     if cfg!(feature = "cuda") {
-        assert!(!message.contains("--features cuda"), "a cuda build blamed the feature: {message}");
+        assert!(
+            !message.contains("--features cuda"),
+            "a cuda build blamed the feature: {message}"
+        );
     } else {
-        assert!(message.contains("--features cuda"), "a CPU-only build should name the feature: {message}");
+        assert!(
+            message.contains("--features cuda"),
+            "a CPU-only build should name the feature: {message}"
+        );
     }
 }
 
@@ -42,7 +51,10 @@ fn cuda_error_message_says_what_to_do() {
 fn auto_falls_back_to_cpu() {
     let device = Device::new(DeviceRequest::Auto).expect("Auto never fails");
     if !gpu_visible() {
-        assert!(!device.is_cuda(), "Auto picked a GPU that Cuda(0) could not open");
+        assert!(
+            !device.is_cuda(),
+            "Auto picked a GPU that Cuda(0) could not open"
+        );
         assert_eq!(device.name(), "cpu");
     }
 }
@@ -101,7 +113,9 @@ mod with_feature {
     fn cross_entropy_workspace_holds_result() {
         let shape = Shape::new(3, 5).unwrap();
         for dtype in DType::ALL {
-            assert!(raw::cross_entropy_workspace_size(dtype, shape) >= raw::CROSS_ENTROPY_RESULT_BYTES);
+            assert!(
+                raw::cross_entropy_workspace_size(dtype, shape) >= raw::CROSS_ENTROPY_RESULT_BYTES
+            );
         }
     }
 }

@@ -46,6 +46,13 @@ fn dtype_code(dtype: DType) -> sys::sigsoftmax_dtype {
 }
 
 /// Maps a cudarc driver error to [`Error::Cuda`].
-fn driver_error(op: &'static str, shape: Shape) -> impl Fn(cudarc::driver::DriverError) -> Error + Copy {
-    move |error| Error::Cuda { op, shape, message: error.to_string() }
+fn driver_error(
+    op: &'static str,
+    shape: Shape,
+) -> impl Fn(cudarc::driver::DriverError) -> Error + Copy {
+    move |error| Error::Cuda {
+        op,
+        shape,
+        message: error.to_string(),
+    }
 }

@@ -61,7 +61,12 @@ fn forward_impl<T: Element>(
 ) -> Result<()> {
     check_buffer(op, "z", shape, shape.len(), stream, z)?;
     check_buffer(op, "y", shape, shape.len(), stream, y)?;
-    let workspace = alloc_workspace(op, shape, stream, raw::forward_workspace_size(T::DTYPE, shape))?;
+    let workspace = alloc_workspace(
+        op,
+        shape,
+        stream,
+        raw::forward_workspace_size(T::DTYPE, shape),
+    )?;
     bind(op, shape, stream)?;
     let (z_ptr, _z_guard) = z.device_ptr(stream);
     let (y_ptr, _y_guard) = y.device_ptr_mut(stream);
@@ -73,7 +78,16 @@ fn forward_impl<T: Element>(
     // asks for, and cudarc allocations are at least 256-byte aligned. The guards keep all
     // three alive and record the launch for cudarc's event tracking until the end of scope.
     unsafe {
-        raw::forward(T::DTYPE, activation, log_output, shape, z_ptr, y_ptr, workspace_ptr, stream.cu_stream())
+        raw::forward(
+            T::DTYPE,
+            activation,
+            log_output,
+            shape,
+            z_ptr,
+            y_ptr,
+            workspace_ptr,
+            stream.cu_stream(),
+        )
     }
 }
 
@@ -89,14 +103,28 @@ pub fn forward_in_place<T: Element>(
 ) -> Result<()> {
     const OP: &str = "forward_in_place";
     check_buffer(OP, "z", shape, shape.len(), stream, z)?;
-    let workspace = alloc_workspace(OP, shape, stream, raw::forward_workspace_size(T::DTYPE, shape))?;
+    let workspace = alloc_workspace(
+        OP,
+        shape,
+        stream,
+        raw::forward_workspace_size(T::DTYPE, shape),
+    )?;
     bind(OP, shape, stream)?;
     let (z_ptr, _z_guard) = z.device_ptr_mut(stream);
     check_alignment::<T>(OP, &[("z", z_ptr)])?;
     let (workspace_ptr, _workspace_guard) = workspace_ptr(&workspace, stream);
     // SAFETY: as in `forward_impl`; the launcher allows y == z.
     unsafe {
-        raw::forward(T::DTYPE, activation, false, shape, z_ptr, z_ptr, workspace_ptr, stream.cu_stream())
+        raw::forward(
+            T::DTYPE,
+            activation,
+            false,
+            shape,
+            z_ptr,
+            z_ptr,
+            workspace_ptr,
+            stream.cu_stream(),
+        )
     }
 }
 
@@ -114,7 +142,17 @@ pub fn backward<T: Element>(
     dy: &impl DevicePtr<T>,
     dz: &mut impl DevicePtrMut<T>,
 ) -> Result<()> {
-    backward_impl(stream, activation, shape, false, ["backward", "y", "dy"], z, y, dy, dz)
+    backward_impl(
+        stream,
+        activation,
+        shape,
+        false,
+        ["backward", "y", "dy"],
+        z,
+        y,
+        dy,
+        dz,
+    )
 }
 
 /// Computes the gradient with respect to the logits from `z`, `l = log_forward(z)` and `dl`,
@@ -131,7 +169,17 @@ pub fn log_backward<T: Element>(
     dl: &impl DevicePtr<T>,
     dz: &mut impl DevicePtrMut<T>,
 ) -> Result<()> {
-    backward_impl(stream, activation, shape, true, ["log_backward", "l", "dl"], z, l, dl, dz)
+    backward_impl(
+        stream,
+        activation,
+        shape,
+        true,
+        ["log_backward", "l", "dl"],
+        z,
+        l,
+        dl,
+        dz,
+    )
 }
 
 #[allow(clippy::too_many_arguments)] // the op's buffers plus its names
@@ -150,13 +198,26 @@ fn backward_impl<T: Element>(
     check_buffer(op, out_name, shape, shape.len(), stream, out)?;
     check_buffer(op, dout_name, shape, shape.len(), stream, dout)?;
     check_buffer(op, "dz", shape, shape.len(), stream, dz)?;
-    let workspace = alloc_workspace(op, shape, stream, raw::backward_workspace_size(T::DTYPE, shape))?;
+    let workspace = alloc_workspace(
+        op,
+        shape,
+        stream,
+        raw::backward_workspace_size(T::DTYPE, shape),
+    )?;
     bind(op, shape, stream)?;
     let (z_ptr, _z_guard) = z.device_ptr(stream);
     let (out_ptr, _out_guard) = out.device_ptr(stream);
     let (dout_ptr, _dout_guard) = dout.device_ptr(stream);
     let (dz_ptr, _dz_guard) = dz.device_ptr_mut(stream);
-    check_alignment::<T>(op, &[("z", z_ptr), (out_name, out_ptr), (dout_name, dout_ptr), ("dz", dz_ptr)])?;
+    check_alignment::<T>(
+        op,
+        &[
+            ("z", z_ptr),
+            (out_name, out_ptr),
+            (dout_name, dout_ptr),
+            ("dz", dz_ptr),
+        ],
+    )?;
     let (workspace_ptr, _workspace_guard) = workspace_ptr(&workspace, stream);
     // SAFETY: the four buffers hold shape.len() elements of T in the stream's context, aligned
     // to T (all checked above); dz is borrowed mutably, so it overlaps none of the inputs. The
@@ -211,7 +272,9 @@ pub fn cross_entropy<T: Element>(
     };
     let grad_ptr = guard_and_ptr.as_ref().map_or(0, |(ptr, _)| *ptr);
     let (z_ptr, _z_guard) = z.device_ptr(stream);
-    cross_entropy_impl::<T>(stream, activation, shape, OP, z_ptr, grad_ptr, targets, options, losses)
+    cross_entropy_impl::<T>(
+        stream, activation, shape, OP, z_ptr, grad_ptr, targets, options, losses,
+    )
 }
 
 /// Computes the fused cross-entropy and overwrites the logits with their gradient, on `stream`,
@@ -232,7 +295,9 @@ pub fn cross_entropy_in_place<T: Element>(
     check_buffer(OP, "z", shape, shape.len(), stream, z)?;
     bind(OP, shape, stream)?;
     let (z_ptr, _z_guard) = z.device_ptr_mut(stream);
-    cross_entropy_impl::<T>(stream, activation, shape, OP, z_ptr, z_ptr, targets, options, losses)
+    cross_entropy_impl::<T>(
+        stream, activation, shape, OP, z_ptr, z_ptr, targets, options, losses,
+    )
 }
 
 /// The shared part of both cross-entropy functions, once z and grad are resolved to pointers.
@@ -257,12 +322,20 @@ fn cross_entropy_impl<T: Element>(
     let upstream_device = match options.upstream {
         Upstream::PerRow(values) => {
             shape.check_per_row(op, "upstream", values.len())?;
-            Some(stream.clone_htod(values).map_err(super::driver_error(op, shape))?)
+            Some(
+                stream
+                    .clone_htod(values)
+                    .map_err(super::driver_error(op, shape))?,
+            )
         }
         _ => None,
     };
     let device_options = CrossEntropyOptions {
-        upstream: if upstream_device.is_some() { Upstream::One } else { options.upstream },
+        upstream: if upstream_device.is_some() {
+            Upstream::One
+        } else {
+            options.upstream
+        },
         ..*options
     };
     let workspace_size = raw::cross_entropy_workspace_size(T::DTYPE, shape);
@@ -274,7 +347,9 @@ fn cross_entropy_impl<T: Element>(
     check_alignment::<T>(op, &[("z", z_ptr), ("grad", grad_ptr)])?;
     check_aligned(op, "targets", targets_ptr, 8)?;
     check_aligned(op, "losses", losses_ptr, std::mem::size_of::<T::Accum>())?;
-    let upstream_guard = upstream_device.as_ref().map(|values| values.device_ptr(stream));
+    let upstream_guard = upstream_device
+        .as_ref()
+        .map(|values| values.device_ptr(stream));
     let upstream_ptr = upstream_guard.as_ref().map_or(0, |(ptr, _)| *ptr);
     let mut result_bytes = [0u8; raw::CROSS_ENTROPY_RESULT_BYTES];
     {
@@ -301,8 +376,12 @@ fn cross_entropy_impl<T: Element>(
         }
     }
     let result_view = workspace.slice(0..raw::CROSS_ENTROPY_RESULT_BYTES);
-    stream.memcpy_dtoh(&result_view, &mut result_bytes).map_err(super::driver_error(op, shape))?;
-    stream.synchronize().map_err(super::driver_error(op, shape))?;
+    stream
+        .memcpy_dtoh(&result_view, &mut result_bytes)
+        .map_err(super::driver_error(op, shape))?;
+    stream
+        .synchronize()
+        .map_err(super::driver_error(op, shape))?;
     // SAFETY: the bytes were written by the launcher as a sigsoftmax_cross_entropy_result, a
     // plain C struct of integers and a double for which every bit pattern is valid;
     // read_unaligned copes with the byte array's alignment.
@@ -330,7 +409,13 @@ fn check_buffer<T>(
     buffer: &impl DeviceSlice<T>,
 ) -> Result<()> {
     if buffer.len() != expected {
-        return Err(Error::LengthMismatch { op, name, shape, expected, actual: buffer.len() });
+        return Err(Error::LengthMismatch {
+            op,
+            name,
+            shape,
+            expected,
+            actual: buffer.len(),
+        });
     }
     if buffer.stream().context() != stream.context() {
         return Err(Error::Cuda {
@@ -348,21 +433,31 @@ fn check_buffer<T>(
 }
 
 fn check_alignment<T>(op: &'static str, pointers: &[(&'static str, u64)]) -> Result<()> {
-    pointers.iter().try_for_each(|&(name, ptr)| check_aligned(op, name, ptr, std::mem::align_of::<T>()))
+    pointers
+        .iter()
+        .try_for_each(|&(name, ptr)| check_aligned(op, name, ptr, std::mem::align_of::<T>()))
 }
 
 fn check_aligned(op: &'static str, name: &'static str, ptr: u64, align: usize) -> Result<()> {
     if ptr % align as u64 == 0 {
         Ok(())
     } else {
-        Err(Error::Misaligned { op, name, address: ptr as usize, align })
+        Err(Error::Misaligned {
+            op,
+            name,
+            address: ptr as usize,
+            align,
+        })
     }
 }
 
 /// Makes the stream's context current on this thread: the kernels launch through the CUDA
 /// runtime, which uses the current context.
 fn bind(op: &'static str, shape: Shape, stream: &Arc<CudaStream>) -> Result<()> {
-    stream.context().bind_to_thread().map_err(super::driver_error(op, shape))
+    stream
+        .context()
+        .bind_to_thread()
+        .map_err(super::driver_error(op, shape))
 }
 
 /// Allocates `bytes` of workspace on `stream`, or nothing when `bytes` is 0.

@@ -31,13 +31,17 @@ pub const CROSS_ENTROPY_RESULT_BYTES: usize = std::mem::size_of::<CrossEntropyRe
 /// Bytes of workspace [`forward`] needs for `shape` (0 for shapes that need none).
 pub fn forward_workspace_size(dtype: DType, shape: Shape) -> usize {
     // SAFETY: a pure host function of its integer arguments.
-    unsafe { sys::sigsoftmax_forward_workspace_size(super::dtype_code(dtype), rows(shape), cols(shape)) }
+    unsafe {
+        sys::sigsoftmax_forward_workspace_size(super::dtype_code(dtype), rows(shape), cols(shape))
+    }
 }
 
 /// Bytes of workspace [`backward`] needs for `shape` (0 for shapes that need none).
 pub fn backward_workspace_size(dtype: DType, shape: Shape) -> usize {
     // SAFETY: a pure host function of its integer arguments.
-    unsafe { sys::sigsoftmax_backward_workspace_size(super::dtype_code(dtype), rows(shape), cols(shape)) }
+    unsafe {
+        sys::sigsoftmax_backward_workspace_size(super::dtype_code(dtype), rows(shape), cols(shape))
+    }
 }
 
 /// Bytes of workspace [`cross_entropy`] needs for `shape` (always at least
@@ -45,7 +49,11 @@ pub fn backward_workspace_size(dtype: DType, shape: Shape) -> usize {
 pub fn cross_entropy_workspace_size(dtype: DType, shape: Shape) -> usize {
     // SAFETY: a pure host function of its integer arguments.
     unsafe {
-        sys::sigsoftmax_cross_entropy_workspace_size(super::dtype_code(dtype), rows(shape), cols(shape))
+        sys::sigsoftmax_cross_entropy_workspace_size(
+            super::dtype_code(dtype),
+            rows(shape),
+            cols(shape),
+        )
     }
 }
 
@@ -102,7 +110,11 @@ pub unsafe fn backward(
     workspace: CUdeviceptr,
     stream: CUstream,
 ) -> Result<()> {
-    let op = if log_output { "log_backward" } else { "backward" };
+    let op = if log_output {
+        "log_backward"
+    } else {
+        "backward"
+    };
     let status = sys::sigsoftmax_backward(
         super::dtype_code(dtype),
         activation_code(activation),
@@ -153,10 +165,15 @@ pub unsafe fn cross_entropy(
     const OP: &str = "cross_entropy";
     options.validate(OP)?;
     if upstream_per_row != 0 && options.reduction != Reduction::None {
-        return Err(Error::UpstreamNeedsNoReduction { op: OP, reduction: options.reduction.name() });
+        return Err(Error::UpstreamNeedsNoReduction {
+            op: OP,
+            reduction: options.reduction.name(),
+        });
     }
     let (upstream, upstream_scalar) = match options.upstream {
-        Upstream::One if upstream_per_row != 0 => (sys::sigsoftmax_upstream_SIGSOFTMAX_UPSTREAM_PER_ROW, 1.0),
+        Upstream::One if upstream_per_row != 0 => {
+            (sys::sigsoftmax_upstream_SIGSOFTMAX_UPSTREAM_PER_ROW, 1.0)
+        }
         Upstream::One => (sys::sigsoftmax_upstream_SIGSOFTMAX_UPSTREAM_ONE, 1.0),
         Upstream::Scalar(value) => (sys::sigsoftmax_upstream_SIGSOFTMAX_UPSTREAM_SCALAR, value),
         Upstream::PerRow(_) => {
@@ -227,5 +244,9 @@ fn check(status: sys::cudaError_t, op: &'static str, shape: Shape) -> Result<()>
     } else {
         ""
     };
-    Err(Error::Cuda { op, shape, message: format!("{text}{hint}") })
+    Err(Error::Cuda {
+        op,
+        shape,
+        message: format!("{text}{hint}"),
+    })
 }
