@@ -1,7 +1,7 @@
-//! Word-level language modelling on Penn Treebank with candle: an LSTM whose output layer is
-//! normalized by softmax or by sigsoftmax through the same fused cross-entropy, trained with
-//! the same seed and schedule, compared by perplexity and by the numerical rank of the
-//! log-probability matrix over validation contexts.
+//! Word-level language modelling on Penn Treebank with candle. One LSTM is trained twice with
+//! the same seed and schedule, once with a softmax and once with a sigsoftmax output layer
+//! (both through the same fused cross-entropy). The runs are compared by perplexity and by the
+//! numerical rank of the log-probability matrix over validation contexts.
 //!
 //! Softmax's log-probability matrix `log P = H W^T + 1 b^T - c 1^T` (hidden states `H`,
 //! output weight `W` and bias `b`, per-context normalizer `c`) has rank at most `d + 2` for
@@ -81,7 +81,7 @@ struct Args {
     smoke: bool,
 }
 
-/// Everything one run measured.
+/// Measurements of one training run.
 struct RunResult {
     activation: Activation,
     dim: usize,
@@ -241,8 +241,8 @@ fn train_and_measure(
 
 /// Singular values of the `contexts x vocab` matrix of log-probabilities after each of the
 /// first `contexts` validation tokens. The logits are recomputed in f64 from the f32 hidden
-/// states and output layer (exact conversions), so a softmax matrix's rank bound holds to f64
-/// rounding and is not hidden by f32 noise.
+/// states and output layer (exact conversions), so a softmax matrix meets its rank bound up to
+/// f64 rounding instead of f32 noise.
 fn log_probability_spectrum(
     model: &LanguageModel,
     tokens: &[u32],
@@ -388,10 +388,12 @@ fn smoke(corpus: &Corpus, device: &Device) -> candle_core::Result<ExitCode> {
         device,
         10,
     )?;
+
     let mean = |losses: &[f64]| losses.iter().sum::<f64>() / losses.len() as f64;
     let first = mean(&stats.losses[..10]);
     let last = mean(&stats.losses[stats.losses.len() - 10..]);
     let valid = model::evaluate(&model, &corpus.valid, activation, &config, Some(20), device)?;
+
     println!(
         "smoke: loss {first:.3} -> {last:.3} over {} windows, valid ppl {:.1} (20 windows), {:.1}s",
         stats.batches,

@@ -62,7 +62,7 @@ impl LanguageModel {
         self.lstm.zero_state(batch_size)
     }
 
-    /// Hidden states `[batch, steps, d]` for `inputs` (`[batch, steps]` token ids) from
+    /// Computes the hidden states `[batch, steps, d]` for `inputs` (`[batch, steps]` token ids) from
     /// `state`, and the state after the last step.
     pub fn hidden(&self, inputs: &Tensor, state: &LSTMState) -> Result<(Tensor, LSTMState)> {
         let embedded = self.embedding.forward(inputs)?;
@@ -74,12 +74,12 @@ impl LanguageModel {
         Ok((self.lstm.states_to_tensor(&states)?, last))
     }
 
-    /// Logits `[rows, vocab]` for hidden states `[.., d]`.
+    /// Computes the logits `[rows, vocab]` for hidden states `[.., d]`.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         self.output.forward(&hidden.reshape(((), self.dim))?)
     }
 
-    /// The output layer's weight (`vocab x d`) and bias (`vocab`).
+    /// Returns the output layer's weight (`vocab x d`) and bias (`vocab`).
     pub fn output_layer(&self) -> (&Tensor, Option<&Tensor>) {
         (self.output.weight(), self.output.bias())
     }
@@ -93,7 +93,7 @@ impl XorShift {
         Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
     }
 
-    /// A value in `[0, 1)`.
+    /// Draws a value in `[0, 1)`.
     pub fn next_unit(&mut self) -> f64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
@@ -114,7 +114,7 @@ pub struct TrainConfig {
     pub max_batches: Option<usize>,
 }
 
-/// What one epoch of training measured.
+/// Measurements of one training epoch.
 pub struct EpochStats {
     /// Mean cross-entropy (nats per token) over the windows trained.
     pub mean_loss: f64,
@@ -210,7 +210,7 @@ fn clip_gradients(
     Ok(())
 }
 
-/// Mean cross-entropy in nats per token over a whole split (at most `max_batches` windows).
+/// Computes the mean cross-entropy in nats per token over a whole split (at most `max_batches` windows).
 pub fn evaluate(
     model: &LanguageModel,
     tokens: &[u32],
@@ -241,7 +241,7 @@ pub fn evaluate(
     Ok(total / scored as f64)
 }
 
-/// Hidden states `[contexts, d]` after each of the first `contexts` tokens of `tokens`, read
+/// Computes the hidden states `[contexts, d]` after each of the first `contexts` tokens of `tokens`, read
 /// as one stream from the zero state.
 pub fn context_states(
     model: &LanguageModel,

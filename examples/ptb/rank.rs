@@ -8,15 +8,15 @@
 
 use rayon::prelude::*;
 
-/// Singular values, largest first, of the matrix whose rows are `rows` (all the same length,
+/// Computes the singular values, largest first, of the matrix whose rows are `rows` (all the same length,
 /// at least as long as there are rows).
 pub fn singular_values(rows: Vec<Vec<f64>>) -> Vec<f64> {
     let triangle = householder_r(rows);
     jacobi_singular_values(triangle)
 }
 
-/// The `n x n` factor `R` of `A^T = Q R`, where `A` has the `n` given rows of length `m >= n`,
-/// returned as its columns. Each row of `A` is a column of `A^T`, stored contiguously.
+/// Computes the `n x n` factor `R` of `A^T = Q R`, where `A` has the `n` given rows of length
+/// `m >= n`, and returns its columns. Each row of `A` is a column of `A^T`, stored contiguously.
 fn householder_r(mut columns: Vec<Vec<f64>>) -> Vec<Vec<f64>> {
     let n = columns.len();
     let m = columns.first().map_or(0, Vec::len);
@@ -54,9 +54,9 @@ fn householder_r(mut columns: Vec<Vec<f64>>) -> Vec<Vec<f64>> {
         .collect()
 }
 
-/// Singular values of the square matrix with the given columns, by one-sided Jacobi: rotate
-/// pairs of columns until every pair is orthogonal to working precision, then the column norms
-/// are the singular values.
+/// Computes the singular values of the square matrix with the given columns by one-sided
+/// Jacobi. It rotates pairs of columns until every pair is orthogonal to working precision, and
+/// then the column norms are the singular values.
 fn jacobi_singular_values(mut columns: Vec<Vec<f64>>) -> Vec<f64> {
     const MAX_SWEEPS: usize = 60;
     let n = columns.len();
@@ -100,7 +100,7 @@ fn jacobi_singular_values(mut columns: Vec<Vec<f64>>) -> Vec<f64> {
     values
 }
 
-/// The number of singular values above `relative * largest`.
+/// Counts the singular values above `relative * largest`.
 pub fn rank_above(values: &[f64], relative: f64) -> usize {
     let largest = values.first().copied().unwrap_or(0.0);
     values.iter().filter(|&&v| v > relative * largest).count()

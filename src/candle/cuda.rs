@@ -6,9 +6,8 @@
 //! pointer is taken through cudarc's `device_ptr`/`device_ptr_mut` on candle's stream, and
 //! the guards they return live until the launch has been enqueued.
 //!
-//! NOTE: not yet run on a GPU. Nor compiled: the `candle-cuda` feature cannot build while this
-//! crate's cudarc uses `dynamic-loading` and candle 0.11's uses `dynamic-linking`, because
-//! cudarc's build script rejects both at once.
+//! NOTE: not yet run on a GPU, nor compiled, because the `candle-cuda` feature cannot build
+//! while this crate's cudarc uses `dynamic-loading` and candle 0.11's uses `dynamic-linking`.
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr};

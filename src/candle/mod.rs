@@ -8,7 +8,12 @@
 //!
 //! - CPU tensors go through [`crate::cpu`] (f32, f64, f16 and bf16);
 //! - CUDA tensors (feature `candle-cuda`) go through the raw launchers of `crate::cuda::raw`
-//!   on candle's own device buffers and stream.
+//!   on candle's own device buffers and stream. Without that feature, a CUDA tensor gets
+//!   candle's "no cuda implementation" error.
+//!
+//! NOTE: `candle-cuda` does not build yet, because it unifies candle 0.11's cudarc features
+//! (`dynamic-linking`) with this crate's (`dynamic-loading`) and cudarc 0.19's build script
+//! rejects the pair. The CUDA path has therefore been neither compiled nor run.
 //!
 //! Inputs that are not contiguous are copied to a contiguous tensor first
 //! ([`candle_core::Tensor::contiguous`], which is differentiable). Other dtypes, tensors with no
@@ -30,7 +35,7 @@
 //! ```
 
 mod cpu;
-#[cfg(feature = "cuda")]
+#[cfg(feature = "candle-cuda")]
 mod cuda;
 mod ops;
 

@@ -36,7 +36,7 @@ impl CustomOp1 for Forward {
         Ok((output, layout.shape().clone()))
     }
 
-    #[cfg(feature = "cuda")]
+    #[cfg(feature = "candle-cuda")]
     fn cuda_fwd(
         &self,
         storage: &candle_core::CudaStorage,
@@ -93,7 +93,7 @@ impl CustomOp3 for Backward {
         Ok((dz, z_layout.shape().clone()))
     }
 
-    #[cfg(feature = "cuda")]
+    #[cfg(feature = "candle-cuda")]
     fn cuda_fwd(
         &self,
         z: &candle_core::CudaStorage,
@@ -203,7 +203,7 @@ impl CustomOp2 for CrossEntropy {
         ))
     }
 
-    #[cfg(feature = "cuda")]
+    #[cfg(feature = "candle-cuda")]
     fn cuda_fwd(
         &self,
         logits: &candle_core::CudaStorage,
@@ -264,7 +264,7 @@ impl CustomOp3 for CrossEntropyBackward {
         Ok((grad, logits_layout.shape().clone()))
     }
 
-    #[cfg(feature = "cuda")]
+    #[cfg(feature = "candle-cuda")]
     fn cuda_fwd(
         &self,
         logits: &candle_core::CudaStorage,
