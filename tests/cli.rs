@@ -801,6 +801,67 @@ fn cuda_request_rejected_without_cuda() {
     );
 }
 
+/// Checks the one error line of a CUDA build asked for a GPU it cannot open: the driver or the
+/// device is missing, or (on a machine with GPUs) the ordinal is past the last one.
+#[cfg(feature = "cuda")]
+#[test]
+fn bench_on_absent_gpu_fails() {
+    let output = sigsoftmax(&["bench", "--device", "cuda:4096", "--shape", "2x10"]);
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(!output.status.success(), "succeeded: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "more than one line: {stderr}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    let unavailable = stderr.contains("CUDA is not available");
+    let out_of_range = stderr.contains("CUDA device 4096 does not exist");
+    assert!(unavailable || out_of_range, "unexpected message: {stderr}");
+    assert!(output.stdout.is_empty(), "printed results");
+}
+
+/// Runs every op and storage type on GPU 0 and checks the JSON records. Passes without checks
+/// where no GPU is usable.
+#[cfg(feature = "cuda")]
+#[test]
+fn bench_json_on_gpu() {
+    let output = sigsoftmax(&[
+        "bench",
+        "--json",
+        "--shape",
+        "2x1000",
+        "--op",
+        "forward,softmax,backward,log-forward,log-backward,cross-entropy",
+        "--dtype",
+        "f32,f64,f16,bf16",
+        "--iters",
+        "3",
+        "--warmup",
+        "1",
+        "--min-time",
+        "0",
+        "--device",
+        "cuda",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if stderr.contains("CUDA is not available") {
+        eprintln!("skipped: {stderr}");
+        return;
+    }
+    assert_success(&output);
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 24, "one line per op and dtype: {stdout}");
+    for line in lines {
+        let record: serde_json::Value = serde_json::from_str(line).unwrap();
+        let device = record["device"].as_str().unwrap();
+        assert!(device.starts_with("cuda:0 ("), "{line}");
+        assert!(record["threads"].is_null(), "{line}");
+        assert!(record["iters"].as_u64().unwrap() >= 3, "{line}");
+        assert_eq!(record["limit_bytes"], record["bytes"], "{line}");
+        assert!(record["median_ms"].as_f64().unwrap() > 0.0, "{line}");
+        assert!(record["limit_median_ms"].as_f64().unwrap() > 0.0, "{line}");
+        assert!(record["gb_per_s"].as_f64().unwrap() > 0.0, "{line}");
+    }
+}
+
 #[test]
 fn bench_json_has_required_keys() {
     let output = sigsoftmax(&[

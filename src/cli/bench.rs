@@ -40,13 +40,8 @@ pub fn bench(args: &BenchArgs) -> Result<(), CliError> {
     let mut output = Output::new(args.json, plan.cases());
     let result = pool.install(|| match &device {
         Device::Cpu => bench_cpu(&plan, threads, &mut output),
-        // TODO: time the ops on the GPU with the data kept on the device and a device-to-device
-        // copy of the same bytes as the limit, once the `cuda` module exposes device buffers and
-        // event timing. Until then a CUDA build with a usable GPU needs `--device cpu` here.
         #[cfg(feature = "cuda")]
-        Device::Cuda(_) => Err(super::cli_error!(
-            "bench on a GPU is not available yet; pass --device cpu"
-        )),
+        Device::Cuda(gpu) => cuda::bench_cuda(&plan, gpu, &mut output),
     });
 
     // Clear the progress line first, so that an error message starts on a line of its own.
@@ -139,7 +134,7 @@ fn bench_cpu_typed<T: Element>(
                 dtype: T::DTYPE,
                 shape,
                 device: "cpu".to_string(),
-                threads,
+                threads: Some(threads),
                 op_stats: timing.op,
                 limit_stats: timing.limit,
                 bytes: timing.bytes,
@@ -149,6 +144,61 @@ fn bench_cpu_typed<T: Element>(
         }
     }
     Ok(())
+}
+
+/// The GPU side of the benchmark, which exists only in builds with the `cuda` feature.
+#[cfg(feature = "cuda")]
+mod cuda {
+    use sigsoftmax::cuda::cudarc::driver::{DeviceRepr, ValidAsZeroBits};
+    use sigsoftmax::cuda::Gpu;
+    use sigsoftmax::{bf16, f16, DType, Element};
+
+    use super::{Output, Plan};
+    use crate::cli::bench_cuda::CudaBuffers;
+    use crate::cli::report::Measurement;
+    use crate::cli::CliError;
+
+    pub(super) fn bench_cuda(plan: &Plan, gpu: &Gpu, output: &mut Output) -> Result<(), CliError> {
+        for &dtype in &plan.dtypes {
+            match dtype {
+                DType::F32 => bench_cuda_typed::<f32>(plan, gpu, output)?,
+                DType::F64 => bench_cuda_typed::<f64>(plan, gpu, output)?,
+                DType::F16 => bench_cuda_typed::<f16>(plan, gpu, output)?,
+                DType::BF16 => bench_cuda_typed::<bf16>(plan, gpu, output)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn bench_cuda_typed<T>(plan: &Plan, gpu: &Gpu, output: &mut Output) -> Result<(), CliError>
+    where
+        T: Element + DeviceRepr + ValidAsZeroBits,
+        T::Accum: DeviceRepr + ValidAsZeroBits,
+    {
+        let device = gpu.name();
+        for &shape in &plan.shapes {
+            output.progress(&format!("{} {shape}: preparing inputs", T::DTYPE));
+            let mut buffers = CudaBuffers::<T>::new(gpu, shape, &plan.ops)?;
+            for &op in &plan.ops {
+                output.progress(&format!("{} {shape} {}", T::DTYPE, op.name()));
+                let timing = buffers.time(op, plan.activation, plan.settings)?;
+                output.record(Measurement {
+                    op,
+                    activation: op.activation(plan.activation),
+                    dtype: T::DTYPE,
+                    shape,
+                    device: device.clone(),
+                    threads: None,
+                    op_stats: timing.op,
+                    limit_stats: timing.limit,
+                    bytes: timing.bytes,
+                    limit_bytes: timing.limit_bytes,
+                    limit_kind: timing.limit_kind,
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Progress on stderr and results on stdout: JSON lines as they are measured, or a table at the

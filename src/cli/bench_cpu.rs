@@ -15,7 +15,7 @@ use super::{alloc_zeroed, CliError, Op};
 
 /// Standard deviation of the random logits, in the range of a trained language model's output
 /// so that the exponentials vary over many orders of magnitude.
-const LOGIT_STD: f64 = 3.0;
+pub const LOGIT_STD: f64 = 3.0;
 
 /// Bytes per task of the parallel memory pass.
 const PASS_PIECE: usize = 1 << 16;
@@ -30,6 +30,18 @@ pub struct CaseTiming {
     pub limit_bytes: u64,
     /// A description of the memory pass, for the table header and the JSON.
     pub limit_kind: &'static str,
+}
+
+/// Returns the bytes `op` reads and writes per run on a `shape` matrix of `T`: every matrix it
+/// reads or writes once, plus the target and the loss of each row for the cross-entropy.
+pub fn op_bytes<T: Element>(op: Op, shape: Shape) -> u64 {
+    let matrix = shape.len() as u64 * std::mem::size_of::<T>() as u64;
+    let per_row = (std::mem::size_of::<i64>() + std::mem::size_of::<T::Accum>()) as u64;
+    match op {
+        Op::Forward | Op::LogForward | Op::Softmax => 2 * matrix,
+        Op::Backward | Op::LogBackward => 4 * matrix,
+        Op::CrossEntropy => 2 * matrix + shape.rows() as u64 * per_row,
+    }
 }
 
 /// The input and output buffers of every op for one storage type and shape.
@@ -98,18 +110,11 @@ impl<T: Element> CpuBuffers<T> {
             return Err(error.into());
         }
 
-        let element = std::mem::size_of::<T>() as u64;
-        let matrix = self.shape.len() as u64 * element;
-        let per_row = (std::mem::size_of::<i64>() + std::mem::size_of::<T::Accum>()) as u64;
-        let bytes = match op {
-            Op::Forward | Op::LogForward | Op::Softmax => 2 * matrix,
-            Op::Backward | Op::LogBackward => 4 * matrix,
-            Op::CrossEntropy => 2 * matrix + self.shape.rows() as u64 * per_row,
-        };
+        let matrix = self.shape.len() as u64 * std::mem::size_of::<T>() as u64;
         Ok(CaseTiming {
             op: op_stats,
             limit: limit_stats,
-            bytes,
+            bytes: op_bytes::<T>(op, self.shape),
             limit_bytes: pass.bytes(matrix),
             limit_kind: pass.name(),
         })
@@ -221,8 +226,10 @@ impl MemoryPass {
 
     fn name(self) -> &'static str {
         match self {
-            MemoryPass::Copy => "a parallel copy of z for ops that read one matrix",
-            MemoryPass::Xor3 => "an xor of z, y and dy for the backward ops",
+            MemoryPass::Copy => {
+                "a parallel copy of z into the output, for ops that read one matrix"
+            }
+            MemoryPass::Xor3 => "an xor of z, y and dy into dz, for the backward ops",
         }
     }
 }

@@ -5,6 +5,8 @@
 
 pub mod bench;
 mod bench_cpu;
+#[cfg(feature = "cuda")]
+mod bench_cuda;
 mod npy;
 mod random;
 mod report;

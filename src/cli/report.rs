@@ -12,7 +12,8 @@ pub struct Measurement {
     pub dtype: DType,
     pub shape: Shape,
     pub device: String,
-    pub threads: usize,
+    /// CPU threads of the op and its memory pass, or `None` on a GPU.
+    pub threads: Option<usize>,
     pub op_stats: Stats,
     pub limit_stats: Stats,
     pub bytes: u64,
@@ -78,11 +79,13 @@ pub fn format_table(measurements: &[Measurement]) -> String {
             kinds.push(measurement.limit_kind);
         }
     }
+    let threads = match first.threads {
+        Some(threads) => format!(", {threads} threads"),
+        None => String::new(),
+    };
     let mut text = format!(
-        "device: {}, {} threads. limit: {}, over the op's own buffers, timed alternately with \
-         the op in this run.\n\n",
+        "device: {}{threads}. limit: {}, timed alternately with the op in this run.\n\n",
         first.device,
-        first.threads,
         kinds.join("; ")
     );
 

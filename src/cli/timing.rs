@@ -16,7 +16,7 @@ pub struct Settings {
 
 /// Upper bound on the samples per op, so a very fast op with a long `min_time` cannot fill the
 /// memory with samples.
-const MAX_ITERS: u64 = 1_000_000;
+pub(super) const MAX_ITERS: u64 = 1_000_000;
 
 /// Summary of the timed repetitions of one function, in seconds.
 #[derive(Debug, Clone, Copy)]
@@ -32,7 +32,8 @@ pub struct Stats {
 }
 
 impl Stats {
-    fn from_samples(mut samples: Vec<f64>) -> Self {
+    /// Summarizes samples in seconds. Panics when `samples` is empty.
+    pub(super) fn from_samples(mut samples: Vec<f64>) -> Self {
         samples.sort_by(f64::total_cmp);
         let n = samples.len();
         let rank = |fraction: f64| samples[((fraction * n as f64).ceil() as usize).clamp(1, n) - 1];
