@@ -51,7 +51,8 @@ impl Gpu {
         let count = usize::try_from(count).unwrap_or(0);
         if count == 0 {
             return Err(Error::CudaUnavailable {
-                reason: "no CUDA device is visible; check nvidia-smi and CUDA_VISIBLE_DEVICES".into(),
+                reason: "no CUDA device is visible; check nvidia-smi and CUDA_VISIBLE_DEVICES"
+                    .into(),
             });
         }
         if ordinal >= count {
@@ -60,10 +61,19 @@ impl Gpu {
         let unavailable = |what: &str, error: cudarc::driver::DriverError| Error::CudaUnavailable {
             reason: format!("failed to {what} on CUDA device {ordinal}: {error}"),
         };
-        let context = CudaContext::new(ordinal).map_err(|error| unavailable("create a context", error))?;
-        let stream = context.new_stream().map_err(|error| unavailable("create a stream", error))?;
-        let device_name = context.name().map_err(|error| unavailable("read the device name", error))?;
-        Ok(Self { context, stream, device_name })
+        let context =
+            CudaContext::new(ordinal).map_err(|error| unavailable("create a context", error))?;
+        let stream = context
+            .new_stream()
+            .map_err(|error| unavailable("create a stream", error))?;
+        let device_name = context
+            .name()
+            .map_err(|error| unavailable("read the device name", error))?;
+        Ok(Self {
+            context,
+            stream,
+            device_name,
+        })
     }
 
     /// Returns a short description such as `cuda:0 (NVIDIA H200)`.
@@ -92,8 +102,14 @@ impl Gpu {
     pub fn time_ms(&self, work: impl FnOnce(&Arc<CudaStream>) -> Result<()>) -> Result<f32> {
         let shape = Shape::new(1, 1)?;
         let event_error = super::driver_error("time_ms", shape);
-        let start = self.context.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(event_error)?;
-        let end = self.context.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(event_error)?;
+        let start = self
+            .context
+            .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(event_error)?;
+        let end = self
+            .context
+            .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(event_error)?;
         start.record(&self.stream).map_err(event_error)?;
         work(&self.stream)?;
         end.record(&self.stream).map_err(event_error)?;
@@ -113,10 +129,14 @@ impl Gpu {
         let error = super::driver_error("device_copy", shape);
         let source = self.stream.alloc_zeros::<u8>(bytes).map_err(error)?;
         let mut destination = self.stream.alloc_zeros::<u8>(bytes).map_err(error)?;
-        self.stream.memcpy_dtod(&source, &mut destination).map_err(error)?;
+        self.stream
+            .memcpy_dtod(&source, &mut destination)
+            .map_err(error)?;
         let total = self.time_ms(|stream| {
             for _ in 0..iterations {
-                stream.memcpy_dtod(&source, &mut destination).map_err(error)?;
+                stream
+                    .memcpy_dtod(&source, &mut destination)
+                    .map_err(error)?;
             }
             Ok(())
         })?;
@@ -124,24 +144,48 @@ impl Gpu {
     }
 
     /// [`crate::cpu::forward`] through host copies.
-    pub fn forward_host<T: Element>(&self, activation: Activation, shape: Shape, z: &[T], y: &mut [T]) -> Result<()> {
+    pub fn forward_host<T: Element>(
+        &self,
+        activation: Activation,
+        shape: Shape,
+        z: &[T],
+        y: &mut [T],
+    ) -> Result<()> {
         const OP: &str = "forward";
         shape.check_matrix(OP, "z", z.len())?;
         shape.check_matrix(OP, "y", y.len())?;
         let z_dev = self.upload(OP, shape, z)?;
         let mut y_dev = self.alloc_like(OP, shape, y)?;
-        ops::forward(&self.stream, activation, shape, &typed::<T>(&z_dev), &mut typed_mut::<T>(&mut y_dev))?;
+        ops::forward(
+            &self.stream,
+            activation,
+            shape,
+            &typed::<T>(&z_dev),
+            &mut typed_mut::<T>(&mut y_dev),
+        )?;
         self.download(OP, shape, &y_dev, y)
     }
 
     /// [`crate::cpu::log_forward`] through host copies.
-    pub fn log_forward_host<T: Element>(&self, activation: Activation, shape: Shape, z: &[T], l: &mut [T]) -> Result<()> {
+    pub fn log_forward_host<T: Element>(
+        &self,
+        activation: Activation,
+        shape: Shape,
+        z: &[T],
+        l: &mut [T],
+    ) -> Result<()> {
         const OP: &str = "log_forward";
         shape.check_matrix(OP, "z", z.len())?;
         shape.check_matrix(OP, "l", l.len())?;
         let z_dev = self.upload(OP, shape, z)?;
         let mut l_dev = self.alloc_like(OP, shape, l)?;
-        ops::log_forward(&self.stream, activation, shape, &typed::<T>(&z_dev), &mut typed_mut::<T>(&mut l_dev))?;
+        ops::log_forward(
+            &self.stream,
+            activation,
+            shape,
+            &typed::<T>(&z_dev),
+            &mut typed_mut::<T>(&mut l_dev),
+        )?;
         self.download(OP, shape, &l_dev, l)
     }
 
@@ -155,7 +199,16 @@ impl Gpu {
         dy: &[T],
         dz: &mut [T],
     ) -> Result<()> {
-        self.backward_host_impl(activation, shape, false, ["backward", "y", "dy"], z, y, dy, dz)
+        self.backward_host_impl(
+            activation,
+            shape,
+            false,
+            ["backward", "y", "dy"],
+            z,
+            y,
+            dy,
+            dz,
+        )
     }
 
     /// [`crate::cpu::log_backward`] through host copies.
@@ -168,7 +221,16 @@ impl Gpu {
         dl: &[T],
         dz: &mut [T],
     ) -> Result<()> {
-        self.backward_host_impl(activation, shape, true, ["log_backward", "l", "dl"], z, l, dl, dz)
+        self.backward_host_impl(
+            activation,
+            shape,
+            true,
+            ["log_backward", "l", "dl"],
+            z,
+            l,
+            dl,
+            dz,
+        )
     }
 
     #[allow(clippy::too_many_arguments)] // the op's buffers plus its names
@@ -183,19 +245,44 @@ impl Gpu {
         dout: &[T],
         dz: &mut [T],
     ) -> Result<()> {
-        for (name, len) in [("z", z.len()), (out_name, out.len()), (dout_name, dout.len()), ("dz", dz.len())] {
+        for (name, len) in [
+            ("z", z.len()),
+            (out_name, out.len()),
+            (dout_name, dout.len()),
+            ("dz", dz.len()),
+        ] {
             shape.check_matrix(op, name, len)?;
         }
         let z_dev = self.upload(op, shape, z)?;
         let out_dev = self.upload(op, shape, out)?;
         let dout_dev = self.upload(op, shape, dout)?;
         let mut dz_dev = self.alloc_like(op, shape, dz)?;
-        let (z_view, out_view, dout_view) = (typed::<T>(&z_dev), typed::<T>(&out_dev), typed::<T>(&dout_dev));
+        let (z_view, out_view, dout_view) = (
+            typed::<T>(&z_dev),
+            typed::<T>(&out_dev),
+            typed::<T>(&dout_dev),
+        );
         let mut dz_view = typed_mut::<T>(&mut dz_dev);
         if log_output {
-            ops::log_backward(&self.stream, activation, shape, &z_view, &out_view, &dout_view, &mut dz_view)?;
+            ops::log_backward(
+                &self.stream,
+                activation,
+                shape,
+                &z_view,
+                &out_view,
+                &dout_view,
+                &mut dz_view,
+            )?;
         } else {
-            ops::backward(&self.stream, activation, shape, &z_view, &out_view, &dout_view, &mut dz_view)?;
+            ops::backward(
+                &self.stream,
+                activation,
+                shape,
+                &z_view,
+                &out_view,
+                &dout_view,
+                &mut dz_view,
+            )?;
         }
         self.download(op, shape, &dz_dev, dz)
     }
@@ -248,12 +335,24 @@ impl Gpu {
     }
 
     /// Copies a host slice into a new device buffer, as bytes.
-    fn upload<V: Plain>(&self, op: &'static str, shape: Shape, host: &[V]) -> Result<CudaSlice<u8>> {
-        self.stream.clone_htod(as_bytes(host)).map_err(super::driver_error(op, shape))
+    fn upload<V: Plain>(
+        &self,
+        op: &'static str,
+        shape: Shape,
+        host: &[V],
+    ) -> Result<CudaSlice<u8>> {
+        self.stream
+            .clone_htod(as_bytes(host))
+            .map_err(super::driver_error(op, shape))
     }
 
     /// Allocates a device buffer of the same byte length as `host`.
-    fn alloc_like<V: Plain>(&self, op: &'static str, shape: Shape, host: &[V]) -> Result<CudaSlice<u8>> {
+    fn alloc_like<V: Plain>(
+        &self,
+        op: &'static str,
+        shape: Shape,
+        host: &[V],
+    ) -> Result<CudaSlice<u8>> {
         self.alloc_bytes(op, shape, std::mem::size_of_val(host))
     }
 
@@ -264,23 +363,43 @@ impl Gpu {
 
     /// Copies the per-row losses back. They are f32, or f64 for f64 storage (`Element::Accum`);
     /// the generic compute type is filled through `Real::from_f64`, which is exact for both.
-    fn download_losses<A: Real>(&self, op: &'static str, shape: Shape, device: &CudaSlice<u8>, losses: &mut [A]) -> Result<()> {
+    fn download_losses<A: Real>(
+        &self,
+        op: &'static str,
+        shape: Shape,
+        device: &CudaSlice<u8>,
+        losses: &mut [A],
+    ) -> Result<()> {
         if std::mem::size_of::<A>() == std::mem::size_of::<f64>() {
             let mut host = vec![0.0f64; losses.len()];
             self.download(op, shape, device, &mut host)?;
-            losses.iter_mut().zip(host).for_each(|(loss, value)| *loss = A::from_f64(value));
+            losses
+                .iter_mut()
+                .zip(host)
+                .for_each(|(loss, value)| *loss = A::from_f64(value));
         } else {
             let mut host = vec![0.0f32; losses.len()];
             self.download(op, shape, device, &mut host)?;
-            losses.iter_mut().zip(host).for_each(|(loss, value)| *loss = A::from_f64(f64::from(value)));
+            losses
+                .iter_mut()
+                .zip(host)
+                .for_each(|(loss, value)| *loss = A::from_f64(f64::from(value)));
         }
         Ok(())
     }
 
     /// Copies a device buffer back into `host` and waits for the stream.
-    fn download<V: Plain>(&self, op: &'static str, shape: Shape, device: &CudaSlice<u8>, host: &mut [V]) -> Result<()> {
+    fn download<V: Plain>(
+        &self,
+        op: &'static str,
+        shape: Shape,
+        device: &CudaSlice<u8>,
+        host: &mut [V],
+    ) -> Result<()> {
         let error = super::driver_error(op, shape);
-        self.stream.memcpy_dtoh(device, as_bytes_mut(host)).map_err(error)?;
+        self.stream
+            .memcpy_dtoh(device, as_bytes_mut(host))
+            .map_err(error)?;
         self.stream.synchronize().map_err(error)
     }
 }
@@ -305,7 +424,9 @@ fn as_bytes<V: Plain>(values: &[V]) -> &[u8] {
 
 fn as_bytes_mut<V: Plain>(values: &mut [V]) -> &mut [u8] {
     // SAFETY: as in as_bytes; any bytes written form a valid V (Plain).
-    unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr().cast(), std::mem::size_of_val(values)) }
+    unsafe {
+        std::slice::from_raw_parts_mut(values.as_mut_ptr().cast(), std::mem::size_of_val(values))
+    }
 }
 
 /// Views a byte buffer uploaded from a `[V]` as `V` elements again.
@@ -313,11 +434,13 @@ fn typed<V>(bytes: &CudaSlice<u8>) -> CudaView<'_, V> {
     let len = bytes.len() / std::mem::size_of::<V>();
     // SAFETY: the bytes were copied from (or will receive) a host `[V]` of `len` elements, and
     // cudarc allocations are 256-byte aligned, so the view is valid and aligned for V.
-    unsafe { bytes.transmute::<V>(len) }.expect("a buffer of len * size_of::<V>() bytes has room for len values")
+    unsafe { bytes.transmute::<V>(len) }
+        .expect("a buffer of len * size_of::<V>() bytes has room for len values")
 }
 
 fn typed_mut<V>(bytes: &mut CudaSlice<u8>) -> CudaViewMut<'_, V> {
     let len = bytes.len() / std::mem::size_of::<V>();
     // SAFETY: as in `typed`.
-    unsafe { bytes.transmute_mut::<V>(len) }.expect("a buffer of len * size_of::<V>() bytes has room for len values")
+    unsafe { bytes.transmute_mut::<V>(len) }
+        .expect("a buffer of len * size_of::<V>() bytes has room for len values")
 }
