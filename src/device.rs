@@ -53,9 +53,10 @@ impl Device {
     /// Opens the requested device.
     ///
     /// # Errors
-    /// [`Error::CudaUnavailable`] when a GPU was requested but this build has no CUDA support,
-    /// the driver library is missing or no GPU is present; [`Error::DeviceOutOfRange`] for an
-    /// ordinal past the last GPU. [`DeviceRequest::Auto`] never fails: it falls back to the CPU.
+    /// [`crate::Error::CudaUnavailable`] when a GPU was requested but this build has no CUDA
+    /// support, the driver library is missing or no GPU is present;
+    /// [`crate::Error::DeviceOutOfRange`] for an ordinal past the last GPU.
+    /// [`DeviceRequest::Auto`] never fails: it falls back to the CPU.
     pub fn new(request: DeviceRequest) -> Result<Self> {
         match request {
             DeviceRequest::Cpu => Ok(Device::Cpu),
