@@ -6,8 +6,9 @@
 //! pointer is taken through cudarc's `device_ptr`/`device_ptr_mut` on candle's stream, and
 //! the guards they return live until the launch has been enqueued.
 //!
-//! NOTE: not yet run on a GPU, nor compiled, because the `candle-cuda` feature cannot build
-//! while this crate's cudarc uses `dynamic-loading` and candle 0.11's uses `dynamic-linking`.
+//! NOTE: not yet run on a GPU. It type-checks and passes clippy only with this crate's cudarc
+//! switched from `dynamic-loading` to `fallback-dynamic-loading`, because the `candle-cuda`
+//! feature does not build otherwise (see the module docs).
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr};
@@ -328,7 +329,7 @@ fn upstream_as_f32(
 }
 
 fn read_result(
-    stream: &candle_core::cuda_backend::cudarc::driver::CudaStream,
+    stream: &std::sync::Arc<candle_core::cuda_backend::cudarc::driver::CudaStream>,
     workspace: Option<&CudaSlice<u8>>,
 ) -> Result<raw::CrossEntropyResult> {
     let workspace = workspace.ok_or_else(|| {

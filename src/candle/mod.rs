@@ -13,7 +13,8 @@
 //!
 //! NOTE: `candle-cuda` does not build yet, because it unifies candle 0.11's cudarc features
 //! (`dynamic-linking`) with this crate's (`dynamic-loading`) and cudarc 0.19's build script
-//! rejects the pair. The CUDA path has therefore been neither compiled nor run.
+//! rejects the pair. The CUDA path has only been type-checked, with `fallback-dynamic-loading`
+//! in place of `dynamic-loading`, and never run.
 //!
 //! Inputs that are not contiguous are copied to a contiguous tensor first
 //! ([`candle_core::Tensor::contiguous`], which is differentiable). Other dtypes, tensors with no
