@@ -156,7 +156,9 @@ pub(super) fn cross_entropy_backward(
         "cross_entropy_backward",
         cross_entropy_typed(op, logits, targets, Some(upstream))
     )
-    .and_then(|(_loss, grad)| grad.ok_or_else(|| candle_core::Error::msg("no gradient")))
+    .and_then(|(_loss, grad)| grad.ok_or_else(|| candle_core::Error::msg(
+            "sigsoftmax::candle::cross_entropy_backward: internal error, the launch returned no gradient",
+        )))
 }
 
 /// Runs the fused cross-entropy. Without `upstream` it returns the loss tensor's storage;

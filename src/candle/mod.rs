@@ -152,7 +152,7 @@ fn split_last_dim<'a>(op: &str, tensor: &'a Tensor) -> Result<(&'a [usize], usiz
     }
 }
 
-/// The `rows x cols` matrix a tensor of shape `[.., cols]` is taken as.
+/// Returns the `rows x cols` shape that a tensor of shape `[.., cols]` is taken as.
 fn row_shape(op: &str, tensor: &Tensor) -> Result<Shape> {
     let (leading, cols) = split_last_dim(op, tensor)?;
     Shape::new(leading.iter().product(), cols).map_err(candle_core::Error::wrap)
@@ -167,7 +167,7 @@ fn check_float_dtype(op: &str, dtype: DType) -> Result<()> {
     }
 }
 
-/// The candle dtype that the cross-entropy's losses are returned in for logits of `dtype`.
+/// Returns the candle dtype of the cross-entropy's losses for logits of `dtype`.
 fn loss_dtype(dtype: DType) -> DType {
     if dtype == DType::F64 {
         DType::F64
@@ -176,8 +176,8 @@ fn loss_dtype(dtype: DType) -> DType {
     }
 }
 
-/// The shape of the loss tensor: `[]` for a reduction to one value, the leading dimensions of
-/// the logits for [`Reduction::None`].
+/// Returns the shape of the loss tensor: `[]` for a reduction to one value, the leading
+/// dimensions of the logits for [`Reduction::None`].
 fn loss_shape(logits_shape: &candle_core::Shape, reduction: Reduction) -> candle_core::Shape {
     match reduction {
         Reduction::None => {
