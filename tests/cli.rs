@@ -801,6 +801,27 @@ fn cuda_request_rejected_without_cuda() {
     );
 }
 
+#[test]
+fn bench_thread_count_out_of_range() {
+    for threads in ["0", "100000", "many"] {
+        let output = sigsoftmax(&["bench", "--threads", threads, "--shape", "2x10"]);
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert!(
+            !output.status.success(),
+            "--threads {threads} succeeded: {stderr}"
+        );
+        assert_eq!(stderr.lines().count(), 1, "more than one line: {stderr}");
+        assert!(
+            stderr.contains("invalid thread count"),
+            "--threads {threads}: {stderr}"
+        );
+        assert!(
+            output.stdout.is_empty(),
+            "--threads {threads} printed results"
+        );
+    }
+}
+
 /// Checks the one error line of a CUDA build asked for a GPU it cannot open: the driver or the
 /// device is missing, or (on a machine with GPUs) the ordinal is past the last one.
 #[cfg(feature = "cuda")]

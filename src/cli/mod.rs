@@ -168,8 +168,8 @@ pub struct BenchArgs {
     #[arg(long, default_value = "auto", value_name = "DEVICE")]
     pub device: DeviceRequest,
 
-    /// CPU threads for the ops and the memory pass [default: all logical cores]
-    #[arg(long, value_name = "N")]
+    /// CPU threads for the ops and the memory pass, 1 to 1024 [default: all logical cores]
+    #[arg(long, value_name = "N", value_parser = parse_threads)]
     pub threads: Option<NonZeroUsize>,
 
     /// Activation of every op except `softmax`, which always uses softmax
@@ -271,6 +271,19 @@ fn parse_shape(text: &str) -> Result<Shape, String> {
     let rows: usize = rows.trim().parse().map_err(|_| invalid())?;
     let cols: usize = cols.trim().parse().map_err(|_| invalid())?;
     Shape::new(rows, cols).map_err(|error| error.to_string())
+}
+
+/// The most threads `--threads` accepts: above the core count of any current CPU, and low
+/// enough that a typo cannot start a hundred thousand threads.
+const MAX_THREADS: usize = 1024;
+
+fn parse_threads(text: &str) -> Result<NonZeroUsize, String> {
+    let invalid = || format!("invalid thread count `{text}`: use a number from 1 to {MAX_THREADS}");
+    let threads: usize = text.trim().parse().map_err(|_| invalid())?;
+    match NonZeroUsize::new(threads) {
+        Some(threads) if threads.get() <= MAX_THREADS => Ok(threads),
+        _ => Err(invalid()),
+    }
 }
 
 fn parse_seconds(text: &str) -> Result<f64, String> {
