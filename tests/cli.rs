@@ -583,6 +583,7 @@ fn bad_inputs_rejected() {
     let missing = path("missing.npy");
     let folder = dir.0.to_str().unwrap().to_string();
     let in_missing_folder = path("no-such-folder/out.npy");
+    let same_out_other_spelling = path("./out.npy");
     let (z1d, z3d, zint, garbage) = (
         path("z1d.npy"),
         path("z3d.npy"),
@@ -725,6 +726,22 @@ fn bad_inputs_rejected() {
                 o,
                 "--grad-out",
                 o,
+            ],
+            "two different files",
+        ),
+        // The same file spelled another way: the folder with `.` appended.
+        (
+            vec![
+                "run",
+                "cross-entropy",
+                "--logits",
+                z_arg,
+                "--targets",
+                &t,
+                "--out",
+                o,
+                "--grad-out",
+                &same_out_other_spelling,
             ],
             "two different files",
         ),

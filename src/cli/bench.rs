@@ -1,7 +1,7 @@
 //! `sigsoftmax bench`: times each op, storage type and shape requested, with progress on stderr
 //! and the results on stdout as a table or as JSON lines.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::time::Duration;
 
 use sigsoftmax::{bf16, f16, Activation, DType, Device, Element, Shape};
@@ -47,7 +47,7 @@ pub fn bench(args: &BenchArgs) -> Result<(), CliError> {
     // Clear the progress line first, so that an error message starts on a line of its own.
     output.clear_progress();
     result?;
-    output.print_table();
+    output.print_table()?;
     Ok(())
 }
 
@@ -140,7 +140,7 @@ fn bench_cpu_typed<T: Element>(
                 bytes: timing.bytes,
                 limit_bytes: timing.limit_bytes,
                 limit_kind: timing.limit_kind,
-            });
+            })?;
         }
     }
     Ok(())
@@ -194,7 +194,7 @@ mod cuda {
                     bytes: timing.bytes,
                     limit_bytes: timing.limit_bytes,
                     limit_kind: timing.limit_kind,
-                });
+                })?;
             }
         }
         Ok(())
@@ -239,15 +239,15 @@ impl Output {
         }
     }
 
-    fn record(&mut self, measurement: Measurement) {
+    fn record(&mut self, measurement: Measurement) -> Result<(), CliError> {
         self.done += 1;
         if self.json {
-            println!("{}", measurement.to_json_line());
-            // Flush so that a program reading stdout line by line gets each result when it is
-            // measured.
-            let _ = std::io::stdout().flush();
+            // Written and flushed line by line, so that a program reading stdout gets each
+            // result when it is measured.
+            super::write_stdout(&format!("{}\n", measurement.to_json_line()))?;
         }
         self.measurements.push(measurement);
+        Ok(())
     }
 
     fn clear_progress(&self) {
@@ -256,9 +256,10 @@ impl Output {
         }
     }
 
-    fn print_table(&self) {
-        if !self.json {
-            print!("{}", format_table(&self.measurements));
+    fn print_table(&self) -> Result<(), CliError> {
+        if self.json {
+            return Ok(());
         }
+        super::write_stdout(&format_table(&self.measurements))
     }
 }

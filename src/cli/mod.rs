@@ -189,7 +189,7 @@ pub struct BenchArgs {
     pub iters: u64,
 
     /// Keep repeating until the timed repetitions of each op add up to at least this many
-    /// seconds
+    /// seconds, up to 1,000,000 repetitions
     #[arg(
         long,
         default_value_t = 0.1,
@@ -233,8 +233,9 @@ pub struct RunArgs {
     pub ignore_index: Option<i64>,
 
     /// Label smoothing eps in [0, 1]: the target distribution becomes
-    /// (1 - eps) onehot(t) + eps / cols (cross-entropy only) [default: 0]
-    #[arg(long, value_name = "EPS")]
+    /// (1 - eps) onehot(t) + eps / cols on unmasked entries, without renormalizing over them
+    /// (cross-entropy only) [default: 0]
+    #[arg(long, value_name = "EPS", allow_negative_numbers = true)]
     pub label_smoothing: Option<f64>,
 
     /// Reduction of the per-row losses (cross-entropy only) [default: mean]
@@ -255,7 +256,7 @@ pub struct RunArgs {
 
     /// Output .npy file: y, l or dz, or the losses for cross-entropy (shape [rows] for
     /// --reduction none, a 0-d array otherwise). Float32, or float64/float16 when the storage
-    /// type is f64/f16
+    /// type is f64/f16; cross-entropy losses are float32 (float64 for f64)
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
 
@@ -288,10 +289,29 @@ fn parse_threads(text: &str) -> Result<NonZeroUsize, String> {
 
 fn parse_seconds(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
-        Ok(seconds) if seconds.is_finite() && seconds >= 0.0 => Ok(seconds),
+        // Duration holds up to about 1.8e19 seconds; a day is already far more than any run.
+        Ok(seconds) if (0.0..=86_400.0).contains(&seconds) => Ok(seconds),
         _ => Err(format!(
-            "invalid time `{text}`: use a number of seconds, 0 or more"
+            "invalid time `{text}`: use a number of seconds from 0 to 86400"
         )),
+    }
+}
+
+/// Writes `text` to standard output. A closed pipe (as with `| head`) ends the program quietly
+/// with status 0; any other failure, such as a full disk, becomes an error.
+pub fn write_stdout(text: &str) -> Result<(), CliError> {
+    use std::io::Write;
+
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(error) => Err(CliError(format!(
+            "failed to write to standard output: {error}"
+        ))),
     }
 }
 

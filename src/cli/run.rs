@@ -120,7 +120,11 @@ fn check_inputs(args: &RunArgs) -> Result<(), CliError> {
             args.op == Op::CrossEntropy,
         ),
     ];
-    if args.grad_out.as_ref() == Some(&args.out) {
+    if args
+        .grad_out
+        .as_deref()
+        .is_some_and(|grad_out| same_file(grad_out, &args.out))
+    {
         return Err(cli_error!(
             "--out and --grad-out are both `{}`; pass two different files",
             args.out.display()
@@ -258,7 +262,7 @@ impl RunContext<'_> {
         }
 
         // The reduced loss; with reduction none the library returns the sum over rows.
-        println!("{loss}");
+        super::write_stdout(&format!("{loss}\n"))?;
         Ok(())
     }
 
@@ -302,4 +306,20 @@ impl RunContext<'_> {
         }
         Ok(targets)
     }
+}
+
+/// Whether two output paths name the same file, however they are spelled (`out.npy`,
+/// `./out.npy`, an absolute path or a symbolic link to a folder).
+fn same_file(a: &Path, b: &Path) -> bool {
+    fn resolve(path: &Path) -> Option<PathBuf> {
+        if let Ok(full) = path.canonicalize() {
+            return Some(full);
+        }
+        let parent = match path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        };
+        Some(parent.canonicalize().ok()?.join(path.file_name()?))
+    }
+    a == b || matches!((resolve(a), resolve(b)), (Some(a), Some(b)) if a == b)
 }
