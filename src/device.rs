@@ -6,7 +6,7 @@ use crate::error::Result;
 use crate::options::{Activation, CrossEntropyOptions};
 use crate::shape::Shape;
 
-/// Which device to use, as given on the command line (`auto`, `cpu`, `cuda`, `cuda:N`).
+/// The device to use, as given on the command line (`auto`, `cpu`, `cuda`, `cuda:N`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DeviceRequest {
     /// The first GPU when one is usable, else the CPU.
@@ -77,12 +77,12 @@ impl Device {
         })
     }
 
-    /// Whether this is a GPU.
+    /// Returns whether this is a GPU.
     pub fn is_cuda(&self) -> bool {
         !matches!(self, Device::Cpu)
     }
 
-    /// A short description for reports, such as `cpu` or `cuda:0 (NVIDIA H200)`.
+    /// Returns a short description for reports, such as `cpu` or `cuda:0 (NVIDIA H200)`.
     pub fn name(&self) -> String {
         match self {
             Device::Cpu => "cpu".into(),

@@ -2,7 +2,7 @@
 
 use crate::error::{Error, Result};
 
-/// Which normalization an op computes.
+/// The normalization an op computes.
 ///
 /// [`Activation::Softmax`] runs the same code with the sigmoid factor off, so a model or a
 /// benchmark can switch between the two in one place.
@@ -25,7 +25,7 @@ impl Activation {
     }
 }
 
-/// How cross-entropy combines the per-row losses, as in PyTorch.
+/// The way cross-entropy combines the per-row losses, as in PyTorch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Reduction {
     /// Per-row losses only; the returned scalar is their sum.
@@ -85,7 +85,7 @@ pub struct CrossEntropyOptions<'a> {
     pub ignore_index: Option<i64>,
     /// Label smoothing `eps` in `[0, 1]`.
     pub label_smoothing: f64,
-    /// How the per-row losses are combined.
+    /// The combination of the per-row losses.
     pub reduction: Reduction,
     /// The upstream gradient that scales the logits' gradient.
     pub upstream: Upstream<'a>,

@@ -51,7 +51,7 @@ impl Shape {
         self.rows * self.cols
     }
 
-    /// Checks that a buffer called `name` holds exactly `rows * cols` elements.
+    /// Checks that a buffer called `name` has exactly `rows * cols` elements.
     pub(crate) fn check_matrix(
         &self,
         op: &'static str,
@@ -61,7 +61,7 @@ impl Shape {
         self.check_len(op, name, self.len(), len)
     }
 
-    /// Checks that a per-row buffer called `name` holds exactly `rows` elements.
+    /// Checks that a per-row buffer called `name` has exactly `rows` elements.
     pub(crate) fn check_per_row(
         &self,
         op: &'static str,

@@ -396,7 +396,7 @@ impl<A: Real, const SIG: bool> Kernel for Backward<'_, A, SIG> {
 
     #[inline(always)]
     fn run<const FMA: bool>(self) {
-        // Masked entries get 0, or NaN when the row is NaN (the dot product tells).
+        // Masked entries get 0, or NaN when the row is NaN (the dot product shows it).
         let masked = zero_if_finite(self.dot);
         let inputs = self.z.iter().zip(self.y).zip(self.dy);
         for (dz, ((&z, &y), &dy)) in self.dz.iter_mut().zip(inputs) {
@@ -533,7 +533,7 @@ impl<A: Real, const SIG: bool> Kernel for CrossEntropyGrad<'_, A, SIG> {
     fn run<const FMA: bool>(self) {
         let consts = self.consts;
         let (scale_y, smoothing) = (self.scale_y, self.smoothing);
-        // Masked entries get 0, or NaN when the row is NaN (its weight sum, in scale_y, tells).
+        // Masked entries get 0, or NaN when the row is NaN (its weight sum, in scale_y, shows it).
         let masked = zero_if_finite(scale_y);
         if !SIG || consts.b.to_f64() >= MIN_SHARED_B {
             map_into(

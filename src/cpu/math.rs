@@ -1,8 +1,8 @@
 //! Element-wise math written so that LLVM vectorizes it: branch-free selects, no calls.
 //!
 //! f32 uses polynomial `exp` and `ln(1 + u)` (coefficients from Cephes' `expf` and `logf`,
-//! about 1 ulp on the ranges used here) and a Newton reciprocal, which costs a third of a
-//! vector division; f64 uses the standard library, since f64 is for reference-grade results
+//! about 1 ulp on the ranges used here) and a Newton reciprocal in place of a vector
+//! division; f64 uses the standard library, since f64 is for reference-grade results
 //! rather than speed.
 //!
 //! The const parameter `FMA` says whether the caller was compiled with fused multiply-add.
