@@ -439,7 +439,7 @@ fn check_alignment<T>(op: &'static str, pointers: &[(&'static str, u64)]) -> Res
 }
 
 fn check_aligned(op: &'static str, name: &'static str, ptr: u64, align: usize) -> Result<()> {
-    if ptr % align as u64 == 0 {
+    if ptr.is_multiple_of(align as u64) {
         Ok(())
     } else {
         Err(Error::Misaligned {
