@@ -38,7 +38,7 @@ impl std::str::FromStr for DeviceRequest {
 /// A device that runs the ops on host slices.
 ///
 /// On a GPU each call copies its inputs to the device, runs the kernel and copies the results
-/// back, which suits tests and the command line; training loops keep their data on the GPU and
+/// back, which suits tests and the command line. Training loops keep their data on the GPU and
 /// call the `cuda` module directly.
 #[derive(Debug)]
 pub enum Device {

@@ -432,7 +432,7 @@ impl<A: Real, const SIG: bool> Kernel for LogBackward<'_, A, SIG> {
     }
 }
 
-/// What cross-entropy needs from a chunk of logits besides the max.
+/// The statistics cross-entropy needs from a chunk of logits besides the max.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct CrossEntropyStats<A> {
     /// `sum_i w_i`.
@@ -562,7 +562,7 @@ impl<A: Real, const SIG: bool> Kernel for CrossEntropyGrad<'_, A, SIG> {
     }
 }
 
-/// The slope at one logit, for the target fix-up.
+/// Computes the slope at one logit, for the target fix-up.
 pub(crate) fn slope_at(z: f64, sigmoid: bool) -> f64 {
     if sigmoid {
         slope::<f64, true, false>(z)

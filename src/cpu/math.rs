@@ -74,7 +74,7 @@ pub fn mul_add<A: Real, const FMA: bool>(a: A, b: A, c: A) -> A {
     }
 }
 
-/// The larger of `a` and `b`, ignoring a NaN in `b` (compiles to one `max` instruction).
+/// Returns the larger of `a` and `b`, ignoring a NaN in `b` (compiles to one `max` instruction).
 #[inline(always)]
 pub fn max_lane<A: Real>(a: A, b: A) -> A {
     if b > a {

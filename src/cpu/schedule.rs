@@ -26,8 +26,8 @@ pub const CHUNK: usize = 4096;
 /// microseconds, about the time to process this many elements on one core.
 const SERIAL_MAX_ELEMENTS: usize = 1 << 15;
 
-/// With at least this many rows per thread, whole rows are spread over threads; the last
-/// uneven share then costs at most a fifth of the run. Fewer, long rows are split into chunks.
+/// With at least this many rows per thread, whole rows are spread over threads, and the last
+/// uneven share costs at most a fifth of the run. Fewer, long rows are split into chunks.
 const ROWS_PER_THREAD: usize = 4;
 
 /// The smallest task handed to rayon, in elements, so that scheduling stays a small fraction.
@@ -56,7 +56,7 @@ fn plan(shape: Shape) -> Plan {
     }
 }
 
-/// How the chunks of one row are visited.
+/// The way the chunks of one row are visited: in order on one thread, or split over threads.
 #[derive(Clone, Copy, Debug)]
 struct Visit {
     split: bool,
@@ -209,8 +209,8 @@ fn read<T: Element, R>(src: &[T], f: impl FnOnce(&[T::Accum]) -> R) -> R {
     f(buffer)
 }
 
-/// Runs `f(input, output)` in compute precision, where `input` is `src` (or `None`: the
-/// output holds the input, as in place), and stores the output with one rounding. Half
+/// Runs `f(input, output)` in compute precision, where `input` is `src` (or `None` when the
+/// output already contains the input, as in place), and stores the output with one rounding. Half
 /// chunks are widened into a stack buffer and computed there in place.
 #[inline]
 fn update<T: Element, R>(
@@ -252,7 +252,7 @@ fn fill_nan<T: Element>(row: &mut [T]) {
     row.fill(T::from_f64(f64::NAN));
 }
 
-/// The row max of `z` over chunks.
+/// Computes the row max of `z` chunk by chunk.
 fn row_max<T: Element>(z: &[T], visit: Visit) -> T::Accum {
     visit.reduce(
         z.len(),
@@ -467,8 +467,9 @@ fn log_backward_row<T: Element, const SIG: bool>(
     });
 }
 
-/// The fused cross-entropy. The logits come from `src`, or, in place, from `grad`, which then
-/// receives the gradient; with neither a gradient nor in place, only the losses are computed.
+/// Computes the fused cross-entropy. The logits come from `src`, or, in place, from `grad`,
+/// which then receives the gradient. With neither a gradient nor in place, only the losses are
+/// computed.
 #[allow(clippy::too_many_arguments)] // the validated arguments of `cpu::cross_entropy`
 pub(crate) fn cross_entropy<T: Element>(
     activation: Activation,
@@ -501,7 +502,7 @@ pub(crate) fn cross_entropy<T: Element>(
     for_each_row(shape, grad, losses, row_fn);
 }
 
-/// The upstream gradient of row `r`, divided by the counted rows for the mean.
+/// Returns the upstream gradient of row `r`, divided by the counted rows for the mean.
 fn upstream(options: &CrossEntropyOptions<'_>, r: usize, counted: usize) -> f64 {
     let value = match options.upstream {
         Upstream::One => 1.0,
