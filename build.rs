@@ -1,7 +1,9 @@
-//! Build script. Without the `cuda` feature it does nothing; with it, it compiles `kernels/*.cu`
-//! with nvcc, links the CUDA runtime and generates the Rust bindings of `kernels/sigsoftmax.h`.
+//! Build script. Without the `cuda` or `candle-cuda` feature it does nothing; with either, it
+//! compiles `kernels/*.cu` with nvcc, links the CUDA runtime, generates the Rust bindings of
+//! `kernels/sigsoftmax.h` and sets the cfg `cuda_kernels`, which gates the `cuda` module and
+//! everything built on it.
 //!
-//! Environment variables read with `--features cuda`:
+//! Environment variables read with `--features cuda` or `candle-cuda`:
 //! - `NVCC`: path of nvcc; otherwise `CUDA_HOME/bin/nvcc`, `CUDA_PATH/bin/nvcc`, then `PATH`.
 //! - `SIGSOFTMAX_CUDA_ARCHS`: semicolon-separated compute capabilities, default `80;86;89;90`.
 //!   Each gets SASS, and the newest also PTX so that newer GPUs can JIT-compile it.
@@ -19,11 +21,15 @@
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
-    #[cfg(feature = "cuda")]
-    cuda::build();
+    println!("cargo::rustc-check-cfg=cfg(cuda_kernels)");
+    #[cfg(any(feature = "cuda", feature = "candle-cuda"))]
+    {
+        cuda::build();
+        println!("cargo::rustc-cfg=cuda_kernels");
+    }
 }
 
-#[cfg(feature = "cuda")]
+#[cfg(any(feature = "cuda", feature = "candle-cuda"))]
 mod cuda {
     use std::env;
     use std::path::{Path, PathBuf};

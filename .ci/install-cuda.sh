@@ -5,7 +5,8 @@
 #   bash .ci/install-cuda.sh [13.0|11.8]
 #
 # 13.0 (default): NVIDIA's compiler wheels from PyPI, pinned to one release (mixed releases fail
-#   with "Unsupported .version"), into .venv-cuda/ inside the clone. No root needed for this part.
+#   with "Unsupported .version"), into .venv-cuda/ inside the clone, with the CCCL headers
+#   (cuda_fp16.h includes <nv/target>). No root needed for this part.
 # 11.8: Debian 12's nvidia-cuda-toolkit from the non-free component, and g++-11 as nvcc's host
 #   compiler (CUDA 11.8 rejects gcc 12). Needs root.
 # Both: libclang through apt when it is missing, since bindgen loads it at build time.
@@ -33,7 +34,9 @@ apt_update_once() {
 }
 
 # bindgen (through clang-sys) loads libclang.so from the LLVM folders or the system library path.
-if ! ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1; then
+# libclang-cpp.so, which some packages install alone, is a different library and does not count.
+if ! compgen -G '/usr/lib/llvm-*/lib/libclang.so*' >/dev/null &&
+    ! compgen -G '/usr/lib/x86_64-linux-gnu/libclang-[0-9]*.so*' >/dev/null; then
     echo "installing libclang-dev for bindgen" >&2
     apt_update_once
     apt_install libclang-dev
@@ -43,13 +46,14 @@ case "$version" in
 13.0)
     venv="$root/.venv-cuda"
     nvcc="$venv/lib/python3*/site-packages/nvidia/cu13/bin/nvcc"
-    # shellcheck disable=SC2086 # the glob picks the venv's Python version
-    if ! ls $nvcc >/dev/null 2>&1; then
+    cccl="$venv/lib/python3*/site-packages/nvidia/cu13/include/cccl/nv/target"
+    # shellcheck disable=SC2086 # the globs pick the venv's Python version
+    if ! ls $nvcc $cccl >/dev/null 2>&1; then
         echo "installing the CUDA 13.0 compiler wheels into $venv" >&2
         python3 -m venv "$venv"
         "$venv/bin/pip" install -q --disable-pip-version-check \
             nvidia-cuda-nvcc==13.0.88 nvidia-nvvm==13.0.88 nvidia-cuda-crt==13.0.88 \
-            nvidia-cuda-runtime==13.0.96
+            nvidia-cuda-runtime==13.0.96 nvidia-cuda-cccl==13.0.85
     fi
     # shellcheck disable=SC2086
     nvcc="$(ls $nvcc)"

@@ -45,7 +45,7 @@ pub enum Device {
     /// The CPU engine on the current rayon pool.
     Cpu,
     /// A GPU, with the stream the ops run on.
-    #[cfg(feature = "cuda")]
+    #[cfg(cuda_kernels)]
     Cuda(crate::cuda::Gpu),
 }
 
@@ -65,12 +65,12 @@ impl Device {
         }
     }
 
-    #[cfg(feature = "cuda")]
+    #[cfg(cuda_kernels)]
     fn new_cuda(ordinal: usize) -> Result<Self> {
         crate::cuda::Gpu::new(ordinal).map(Device::Cuda)
     }
 
-    #[cfg(not(feature = "cuda"))]
+    #[cfg(not(cuda_kernels))]
     fn new_cuda(_ordinal: usize) -> Result<Self> {
         Err(crate::error::Error::CudaUnavailable {
             reason: "this build has no CUDA support; rebuild with `--features cuda`".into(),
@@ -86,7 +86,7 @@ impl Device {
     pub fn name(&self) -> String {
         match self {
             Device::Cpu => "cpu".into(),
-            #[cfg(feature = "cuda")]
+            #[cfg(cuda_kernels)]
             Device::Cuda(gpu) => gpu.name(),
         }
     }
@@ -101,7 +101,7 @@ impl Device {
     ) -> Result<()> {
         match self {
             Device::Cpu => crate::cpu::forward(activation, shape, z, y),
-            #[cfg(feature = "cuda")]
+            #[cfg(cuda_kernels)]
             Device::Cuda(gpu) => gpu.forward_host(activation, shape, z, y),
         }
     }
@@ -116,7 +116,7 @@ impl Device {
     ) -> Result<()> {
         match self {
             Device::Cpu => crate::cpu::log_forward(activation, shape, z, l),
-            #[cfg(feature = "cuda")]
+            #[cfg(cuda_kernels)]
             Device::Cuda(gpu) => gpu.log_forward_host(activation, shape, z, l),
         }
     }
@@ -133,7 +133,7 @@ impl Device {
     ) -> Result<()> {
         match self {
             Device::Cpu => crate::cpu::backward(activation, shape, z, y, dy, dz),
-            #[cfg(feature = "cuda")]
+            #[cfg(cuda_kernels)]
             Device::Cuda(gpu) => gpu.backward_host(activation, shape, z, y, dy, dz),
         }
     }
@@ -150,7 +150,7 @@ impl Device {
     ) -> Result<()> {
         match self {
             Device::Cpu => crate::cpu::log_backward(activation, shape, z, l, dl, dz),
-            #[cfg(feature = "cuda")]
+            #[cfg(cuda_kernels)]
             Device::Cuda(gpu) => gpu.log_backward_host(activation, shape, z, l, dl, dz),
         }
     }
@@ -171,7 +171,7 @@ impl Device {
             Device::Cpu => {
                 crate::cpu::cross_entropy(activation, shape, z, targets, options, losses, grad)
             }
-            #[cfg(feature = "cuda")]
+            #[cfg(cuda_kernels)]
             Device::Cuda(gpu) => {
                 gpu.cross_entropy_host(activation, shape, z, targets, options, losses, grad)
             }

@@ -4,7 +4,7 @@
 #[cfg(feature = "candle")]
 pub mod candle;
 pub mod cpu;
-#[cfg(feature = "cuda")]
+#[cfg(cuda_kernels)]
 pub mod cuda;
 mod device;
 mod element;

@@ -793,7 +793,7 @@ fn bad_inputs_rejected() {
     assert_eq!(std::fs::read(&out).unwrap(), b"previous");
 }
 
-#[cfg(not(feature = "cuda"))]
+#[cfg(not(cuda_kernels))]
 #[test]
 fn cuda_request_rejected_without_cuda() {
     let dir = TempDir::new();
@@ -841,7 +841,7 @@ fn bench_thread_count_out_of_range() {
 
 /// Checks the one error line of a CUDA build asked for a GPU it cannot open: the driver or the
 /// device is missing, or (on a machine with GPUs) the ordinal is past the last one.
-#[cfg(feature = "cuda")]
+#[cfg(cuda_kernels)]
 #[test]
 fn bench_on_absent_gpu_fails() {
     let output = sigsoftmax(&["bench", "--device", "cuda:4096", "--shape", "2x10"]);
@@ -857,7 +857,7 @@ fn bench_on_absent_gpu_fails() {
 
 /// Runs every op and storage type on GPU 0 and checks the JSON records. Passes without checks
 /// where no GPU is usable.
-#[cfg(feature = "cuda")]
+#[cfg(cuda_kernels)]
 #[test]
 fn bench_json_on_gpu() {
     let output = sigsoftmax(&[

@@ -34,7 +34,7 @@ fn cuda_error_message_says_what_to_do() {
         message.starts_with("CUDA is not available: "),
         "unexpected message: {message}"
     );
-    if cfg!(feature = "cuda") {
+    if cfg!(cuda_kernels) {
         assert!(
             !message.contains("--features cuda"),
             "a cuda build blamed the feature: {message}"
@@ -71,7 +71,7 @@ fn large_ordinal_is_typed_error() {
     }
 }
 
-#[cfg(feature = "cuda")]
+#[cfg(cuda_kernels)]
 mod with_feature {
     use sigsoftmax::cuda::{raw, Gpu};
     use sigsoftmax::{DType, Error, Shape};

@@ -40,7 +40,7 @@ pub fn bench(args: &BenchArgs) -> Result<(), CliError> {
     let mut output = Output::new(args.json, plan.cases());
     let result = pool.install(|| match &device {
         Device::Cpu => bench_cpu(&plan, threads, &mut output),
-        #[cfg(feature = "cuda")]
+        #[cfg(cuda_kernels)]
         Device::Cuda(gpu) => cuda::bench_cuda(&plan, gpu, &mut output),
     });
 
@@ -147,7 +147,7 @@ fn bench_cpu_typed<T: Element>(
 }
 
 /// The GPU side of the benchmark, which exists only in builds with the `cuda` feature.
-#[cfg(feature = "cuda")]
+#[cfg(cuda_kernels)]
 mod cuda {
     use sigsoftmax::cuda::cudarc::driver::{DeviceRepr, ValidAsZeroBits};
     use sigsoftmax::cuda::Gpu;

@@ -5,7 +5,7 @@
 
 pub mod bench;
 mod bench_cpu;
-#[cfg(feature = "cuda")]
+#[cfg(cuda_kernels)]
 mod bench_cuda;
 mod npy;
 mod random;

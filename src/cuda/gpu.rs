@@ -27,7 +27,8 @@ pub struct Gpu {
 impl Gpu {
     /// Opens the GPU with this ordinal and creates a stream on it.
     ///
-    /// Never panics: the driver library is looked for before cudarc loads it.
+    /// Never panics: the driver library is looked for before cudarc loads it. With the feature
+    /// `candle-cuda`, cudarc links libcuda as candle asks, so a program that runs has it.
     ///
     /// # Errors
     /// [`Error::CudaUnavailable`] when `libcuda.so` is missing, the driver fails to initialize
@@ -36,6 +37,7 @@ impl Gpu {
         // SAFETY: is_culib_present only tries to open the driver library by its usual names and
         // closes it again; it runs no code of the library. cudarc would panic on the first
         // driver call without it.
+        #[cfg(not(feature = "candle-cuda"))]
         if !unsafe { cudarc::driver::sys::is_culib_present() } {
             return Err(Error::CudaUnavailable {
                 reason: "the NVIDIA driver library (libcuda.so) was not found; install the NVIDIA driver"

@@ -1,4 +1,4 @@
-//! The CUDA engine (feature `cuda`): every op on device buffers, in three layers.
+//! The CUDA engine (feature `cuda` or `candle-cuda`): every op on device buffers, in three layers.
 //!
 //! - [`raw`]: `unsafe` functions over raw device pointers and a raw stream, for frameworks that
 //!   own their memory and streams (candle, burn, tch). They call the `extern "C"` launchers of
