@@ -10,6 +10,10 @@
 # needed). The CUDA runtime and libstdc++ are linked statically; the binaries need glibc (see
 # the manifest's GLIBC line) and the NVIDIA driver's libcuda.so at run time, nothing else.
 #
+# The candle CUDA tests (tests/candle_cuda.rs, feature `candle-cuda`) are not in the bundle:
+# candle links cuBLAS, cuRAND and NVRTC, which the PyPI compiler wheels do not provide. Run them
+# with cargo on a machine that has the CUDA toolkit and a GPU (see the README).
+#
 # `run` runs every test binary with --include-ignored (each under a time limit), then
 # `sigsoftmax bench --device cuda --json`, and writes summary.txt, tests.log, bench.json and
 # gpu.txt into $OUT when it is set, else into dist/gpu-check/report/.

@@ -40,10 +40,10 @@ struct Args {
     /// Output normalizations to compare, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "softmax,sigsoftmax")]
     activations: Vec<String>,
-    /// Passes over the training windows.
-    #[arg(long, default_value_t = 1)]
-    epochs: usize,
-    /// Training windows per epoch (all when 0; a PTB epoch is 1327 windows at 20 x 35).
+    /// Passes over the training windows, with the validation perplexity measured after each.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    epochs: u32,
+    /// Training windows per epoch (all when 0; PTB has 1328 windows of 20 x 35, the last shorter).
     #[arg(long, default_value_t = 150)]
     max_batches: usize,
     /// Validation and test windows evaluated (all when 0).
@@ -87,6 +87,8 @@ struct RunResult {
     dim: usize,
     train_loss: f64,
     valid_ppl: f64,
+    /// Validation perplexity after each epoch; the last one is `valid_ppl`.
+    valid_ppl_per_epoch: Vec<f64>,
     test_ppl: f64,
     seconds_per_batch: f64,
     train_seconds: f64,
@@ -173,7 +175,9 @@ fn train_and_measure(
     let model = LanguageModel::new(corpus.words.len(), dim, args.seed, device)?;
     let mut optimizer = model::optimizer(&model, config)?;
     let batches = Batches::new(&corpus.train, config.batch_size, config.bptt);
+    let eval_batches = (args.eval_batches > 0).then_some(args.eval_batches);
     let (mut train_seconds, mut trained, mut train_loss) = (0.0, 0, f64::NAN);
+    let mut valid_ppl_per_epoch = Vec::new();
     for epoch in 0..args.epochs {
         let stats = model::train_epoch(
             &model,
@@ -196,16 +200,28 @@ fn train_and_measure(
         train_seconds += stats.seconds;
         trained += stats.batches;
         train_loss = stats.mean_loss;
+
+        // Evaluation leaves the weights and the training order alone, so measuring every
+        // epoch does not change the final numbers.
+        let valid = model::evaluate(
+            &model,
+            &corpus.valid,
+            activation,
+            config,
+            eval_batches,
+            device,
+        )?;
+        if epoch + 1 < args.epochs {
+            eprintln!(
+                "{} d={dim} epoch {}: valid ppl {:.2}",
+                activation.name(),
+                epoch + 1,
+                valid.exp()
+            );
+        }
+        valid_ppl_per_epoch.push(valid.exp());
     }
-    let eval_batches = (args.eval_batches > 0).then_some(args.eval_batches);
-    let valid = model::evaluate(
-        &model,
-        &corpus.valid,
-        activation,
-        config,
-        eval_batches,
-        device,
-    )?;
+    let valid_ppl = valid_ppl_per_epoch.last().copied().unwrap_or(f64::NAN);
     let test = model::evaluate(
         &model,
         &corpus.test,
@@ -229,7 +245,8 @@ fn train_and_measure(
         activation,
         dim,
         train_loss,
-        valid_ppl: valid.exp(),
+        valid_ppl,
+        valid_ppl_per_epoch,
         test_ppl: test.exp(),
         seconds_per_batch: train_seconds / trained.max(1) as f64,
         train_seconds,
@@ -347,6 +364,7 @@ fn append_json(
         "seed": args.seed,
         "train_loss_last_epoch": result.train_loss,
         "valid_ppl": result.valid_ppl,
+        "valid_ppl_per_epoch": result.valid_ppl_per_epoch,
         "test_ppl": result.test_ppl,
         "seconds_per_window": result.seconds_per_batch,
         "train_seconds": result.train_seconds,
