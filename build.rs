@@ -1,7 +1,7 @@
-//! Build script. Without the `cuda` or `candle-cuda` feature it does nothing; with either, it
-//! compiles `kernels/*.cu` with nvcc, links the CUDA runtime, generates the Rust bindings of
-//! `kernels/sigsoftmax.h` and sets the cfg `cuda_kernels`, which gates the `cuda` module and
-//! everything built on it.
+//! Build script. Without the `cuda` or `candle-cuda` feature it does nothing. With either, it
+//! compiles `kernels/*.cu` with nvcc, links the CUDA runtime and generates the Rust bindings of
+//! `kernels/sigsoftmax.h`. It also sets the cfg `cuda_kernels`, which gates the `cuda` module
+//! and everything built on it.
 //!
 //! Environment variables read with `--features cuda` or `candle-cuda`:
 //! - `NVCC`: path of nvcc; otherwise `CUDA_HOME/bin/nvcc`, `CUDA_PATH/bin/nvcc`, then `PATH`.

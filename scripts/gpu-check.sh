@@ -10,7 +10,7 @@
 # needed). The CUDA runtime and libstdc++ are linked statically; the binaries need glibc (see
 # the manifest's GLIBC line) and the NVIDIA driver's libcuda.so at run time, nothing else.
 #
-# The candle CUDA tests (tests/candle_cuda.rs, feature `candle-cuda`) are not in the bundle:
+# The candle CUDA tests (tests/candle/cuda.rs, feature `candle-cuda`) are not in the bundle:
 # candle links cuBLAS, cuRAND and NVRTC, which the PyPI compiler wheels do not provide. Run them
 # with cargo on a machine that has the CUDA toolkit and a GPU (see the README).
 #

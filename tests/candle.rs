@@ -1,10 +1,15 @@
 //! The candle custom ops: values against `sigsoftmax::cpu`, autograd gradients against central
 //! finite differences in f64 and against the CPU backward ops, and a tiny model that trains.
+//! With the feature `candle-cuda`, the module `cuda` compares candle's CUDA tensors with the CPU.
 #![cfg(feature = "candle")]
 
 use candle_core::{DType, Device, Module, Tensor, Var, D};
 use candle_nn::{Optimizer, VarBuilder, VarMap};
 use sigsoftmax::{candle as ssm, cpu, Activation, CrossEntropyOptions, Reduction, Shape};
+
+#[cfg(feature = "candle-cuda")]
+#[path = "candle/cuda.rs"]
+mod cuda;
 
 const ACTIVATIONS: [Activation; 2] = [Activation::Sigsoftmax, Activation::Softmax];
 
@@ -22,9 +27,11 @@ fn uniform(len: usize, scale: f64, seed: u64) -> Vec<f64> {
         .collect()
 }
 
+/// Copies a float tensor from any device to a flat `Vec<f64>`.
 fn flat_f64(tensor: &Tensor) -> Vec<f64> {
     tensor
-        .to_dtype(DType::F64)
+        .to_device(&Device::Cpu)
+        .and_then(|t| t.to_dtype(DType::F64))
         .and_then(|t| t.flatten_all())
         .and_then(|t| t.to_vec1())
         .expect("a float tensor converts to Vec<f64>")

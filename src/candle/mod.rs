@@ -12,7 +12,7 @@
 //!   candle's "no cuda implementation" error.
 //!
 //! NOTE: the CUDA path compiles and passes clippy (CI builds `candle-cuda` with CUDA 13.0) and
-//! `tests/candle_cuda.rs` compares it with the CPU path, but it has not run on a GPU.
+//! `tests/candle/cuda.rs` compares it with the CPU path, but it has not run on a GPU.
 //!
 //! Inputs that are not contiguous are copied to a contiguous tensor first
 //! ([`candle_core::Tensor::contiguous`], which is differentiable). Other dtypes, tensors with no

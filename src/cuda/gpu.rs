@@ -27,8 +27,9 @@ pub struct Gpu {
 impl Gpu {
     /// Opens the GPU with this ordinal and creates a stream on it.
     ///
-    /// Never panics: the driver library is looked for before cudarc loads it. With the feature
-    /// `candle-cuda`, cudarc links libcuda as candle asks, so a program that runs has it.
+    /// Looks for the driver library before cudarc loads it, so a missing driver is an error and
+    /// not a panic. With the feature `candle-cuda`, cudarc links libcuda as candle configures
+    /// it, so a program that starts at all has the library.
     ///
     /// # Errors
     /// [`Error::CudaUnavailable`] when `libcuda.so` is missing, the driver fails to initialize

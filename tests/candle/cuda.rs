@@ -1,18 +1,17 @@
 //! The candle custom ops on CUDA tensors against the same ops on CPU tensors, for every dtype,
 //! both activations and shapes on both sides of the kernels' dispatch thresholds.
 //!
-//! Built only with the feature `candle-cuda`. Such a build links libcuda, because candle
-//! configures cudarc that way, so it starts only where the NVIDIA driver is installed. Without
-//! a visible GPU each test prints that it skipped and passes.
+//! Built only with the feature `candle-cuda`, as the module `cuda` of the candle tests. Such a
+//! build links libcuda, because candle configures cudarc that way, so the test binary starts
+//! only where the NVIDIA driver is installed. Without a visible GPU each test here prints that
+//! it skipped and passes.
 //!
 //! NOTE: not yet run on a GPU. It compiles and passes clippy in CI; no GPU was lent to the
 //! sessions that wrote it.
-#![cfg(feature = "candle-cuda")]
-
 use candle_core::{DType, Device, Tensor, Var};
 use sigsoftmax::{candle as ssm, Activation, CrossEntropyOptions, Reduction};
 
-const ACTIVATIONS: [Activation; 2] = [Activation::Sigsoftmax, Activation::Softmax];
+use super::{flat_f64, uniform, ACTIVATIONS};
 
 /// Shapes on both sides of the kernels' regime limits (`make_plan` in `kernels/common.cuh`).
 /// A warp takes a row of up to 1024 columns with 16-byte loads, or 256 on the scalar path that
@@ -58,29 +57,6 @@ fn gpu() -> Option<Device> {
             None
         }
     }
-}
-
-/// Deterministic values in `[-scale, scale)` from a 64-bit xorshift generator.
-fn uniform(len: usize, scale: f64, seed: u64) -> Vec<f64> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            let unit = (state >> 11) as f64 / (1u64 << 53) as f64;
-            scale * (2.0 * unit - 1.0)
-        })
-        .collect()
-}
-
-fn flat_f64(tensor: &Tensor) -> Vec<f64> {
-    tensor
-        .to_device(&Device::Cpu)
-        .and_then(|t| t.to_dtype(DType::F64))
-        .and_then(|t| t.flatten_all())
-        .and_then(|t| t.to_vec1())
-        .expect("a float tensor converts to Vec<f64>")
 }
 
 /// Asserts `|got - want| <= tol * max |want|` where `want` is finite, and the same infinity or
