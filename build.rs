@@ -22,6 +22,12 @@
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo::rustc-check-cfg=cfg(cuda_kernels)");
+    #[cfg(all(feature = "cuda", feature = "candle-cuda"))]
+    println!(
+        "cargo:warning=features `cuda` and `candle-cuda` are both on, so the CUDA 11.8 driver API \
+         pin of `cuda` also applies to candle's cudarc; enable only `candle-cuda`, which builds \
+         the `cuda` module too"
+    );
     #[cfg(any(feature = "cuda", feature = "candle-cuda"))]
     {
         cuda::build();

@@ -111,12 +111,26 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> Result<ExitCode, String> {
+    let activations = parse_activations(&args.activations)?;
+    check_args(args)?;
+    if let Some(path) = &args.json {
+        // Opened before training, so that a bad path fails now and not after the first run.
+        open_json(path)?;
+    }
     let device = match args.device.as_str() {
         "cpu" => Device::Cpu,
-        "cuda" => Device::new_cuda(0).map_err(|e| format!("--device cuda: {e}"))?,
+        "cuda" => Device::new_cuda(0).map_err(|e| {
+            let hint = if cfg!(feature = "candle-cuda") {
+                "check that a GPU is visible (nvidia-smi)"
+            } else {
+                "rebuild the example with --features candle-cuda"
+            };
+            format!("--device cuda: {e}; {hint}")
+        })?,
         other => return Err(format!("invalid --device `{other}`; use cpu or cuda")),
     };
     let corpus = Corpus::load(&args.data)?;
+    check_corpus_fits(args, &corpus)?;
     eprintln!(
         "PTB: {} words in the vocabulary; {} / {} / {} tokens in train / valid / test; device {device:?}, {} rayon threads",
         corpus.words.len(),
@@ -129,17 +143,6 @@ fn run(args: &Args) -> Result<ExitCode, String> {
         return smoke(&corpus, &device).map_err(|e| e.to_string());
     }
 
-    let activations = args
-        .activations
-        .iter()
-        .map(|name| match name.as_str() {
-            "softmax" => Ok(Activation::Softmax),
-            "sigsoftmax" => Ok(Activation::Sigsoftmax),
-            other => Err(format!(
-                "invalid activation `{other}`; use softmax or sigsoftmax"
-            )),
-        })
-        .collect::<Result<Vec<_>, _>>()?;
     let config = TrainConfig {
         batch_size: args.batch_size,
         bptt: args.bptt,
@@ -162,6 +165,78 @@ fn run(args: &Args) -> Result<ExitCode, String> {
     println!();
     print_table(&results);
     Ok(ExitCode::SUCCESS)
+}
+
+fn parse_activations(names: &[String]) -> Result<Vec<Activation>, String> {
+    names
+        .iter()
+        .map(|name| match name.as_str() {
+            "softmax" => Ok(Activation::Softmax),
+            "sigsoftmax" => Ok(Activation::Sigsoftmax),
+            other => Err(format!(
+                "invalid activation `{other}`; use softmax or sigsoftmax"
+            )),
+        })
+        .collect()
+}
+
+/// Rejects settings that would fail or make no sense, before any data is read.
+fn check_args(args: &Args) -> Result<(), String> {
+    if args.dims.is_empty() || args.dims.contains(&0) {
+        return Err(format!(
+            "invalid --dims {:?}; every width must be at least 1",
+            args.dims
+        ));
+    }
+    if args.batch_size == 0 {
+        return Err("invalid --batch-size 0; use at least 1 stream".into());
+    }
+    if args.bptt == 0 {
+        return Err("invalid --bptt 0; use at least 1 time step".into());
+    }
+    if !(args.lr.is_finite() && args.lr > 0.0) {
+        return Err(format!(
+            "invalid --lr {}; use a positive learning rate",
+            args.lr
+        ));
+    }
+    if !(args.clip.is_finite() && args.clip > 0.0) {
+        return Err(format!(
+            "invalid --clip {}; use a positive gradient-norm bound",
+            args.clip
+        ));
+    }
+    Ok(())
+}
+
+/// Rejects settings that the loaded splits cannot serve: streams of fewer than two tokens, or
+/// more rank contexts than validation tokens or words. The rank routine needs a matrix at
+/// least as wide as it is tall.
+fn check_corpus_fits(args: &Args, corpus: &Corpus) -> Result<(), String> {
+    for (split, tokens) in [
+        ("train", &corpus.train),
+        ("valid", &corpus.valid),
+        ("test", &corpus.test),
+    ] {
+        if tokens.len() / args.batch_size < 2 {
+            return Err(format!(
+                "--batch-size {} leaves fewer than 2 tokens per stream in the {split} split \
+                 ({} tokens); use at most {}",
+                args.batch_size,
+                tokens.len(),
+                tokens.len() / 2
+            ));
+        }
+    }
+    let max_contexts = corpus.valid.len().min(corpus.words.len());
+    if args.rank_contexts > max_contexts {
+        return Err(format!(
+            "invalid --rank-contexts {}; use at most {max_contexts} (the validation tokens and the \
+             vocabulary size bound it), or 0 to skip the rank",
+            args.rank_contexts
+        ));
+    }
+    Ok(())
 }
 
 fn train_and_measure(
@@ -373,12 +448,22 @@ fn append_json(
         "rank_contexts": args.rank_contexts,
         "singular_values": result.singular_values,
     });
-    let mut file = std::fs::OpenOptions::new()
+    let mut file = open_json(path)?;
+    writeln!(file, "{record}").map_err(|e| format!("failed to write {}: {e}", path.display()))
+}
+
+/// Opens the JSON Lines file for appending, creating it when missing.
+fn open_json(path: &PathBuf) -> Result<std::fs::File, String> {
+    std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)
-        .map_err(|e| format!("failed to open {}: {e}", path.display()))?;
-    writeln!(file, "{record}").map_err(|e| format!("failed to write {}: {e}", path.display()))
+        .map_err(|e| {
+            format!(
+                "failed to open {} for appending: {e}; check that its folder exists",
+                path.display()
+            )
+        })
 }
 
 /// Trains d=16 with sigsoftmax on 60 windows of 10 x 20 tokens and fails unless the mean loss
@@ -424,5 +509,58 @@ fn smoke(corpus: &Corpus, device: &Device) -> candle_core::Result<ExitCode> {
     } else {
         println!("smoke: FAILED: the loss did not fall by 1 nat");
         Ok(ExitCode::FAILURE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(flags: &[&str]) -> Result<(), String> {
+        let args = Args::try_parse_from(std::iter::once("ptb").chain(flags.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        check_args(&args)
+    }
+
+    #[test]
+    fn defaults_pass_checks() {
+        assert_eq!(check(&[]), Ok(()));
+    }
+
+    #[test]
+    fn zero_sizes_are_rejected() {
+        for flags in [
+            &["--dims", "16,0"][..],
+            &["--batch-size", "0"],
+            &["--bptt", "0"],
+            &["--lr", "0"],
+            &["--clip=-1"],
+            &["--epochs", "0"],
+        ] {
+            let error = check(flags).expect_err("a zero or negative setting");
+            assert!(error.contains("invalid"), "{flags:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn corpus_bounds_rank_and_streams() {
+        let corpus = Corpus {
+            words: (0..50).map(|i| i.to_string()).collect(),
+            train: vec![0; 1000],
+            valid: vec![0; 40],
+            test: vec![0; 100],
+        };
+        let parse = |flags: &[&str]| {
+            Args::try_parse_from(std::iter::once("ptb").chain(flags.iter().copied())).unwrap()
+        };
+        assert!(check_corpus_fits(&parse(&["--rank-contexts", "40"]), &corpus).is_ok());
+        let error = check_corpus_fits(&parse(&["--rank-contexts", "41"]), &corpus).unwrap_err();
+        assert!(error.contains("at most 40"), "{error}");
+        let error = check_corpus_fits(
+            &parse(&["--batch-size", "21", "--rank-contexts", "0"]),
+            &corpus,
+        )
+        .unwrap_err();
+        assert!(error.contains("valid split"), "{error}");
     }
 }
