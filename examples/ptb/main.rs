@@ -543,6 +543,13 @@ mod tests {
     }
 
     #[test]
+    fn json_in_missing_folder_fails() {
+        let path = std::env::temp_dir().join("sigsoftmax-ptb-missing-folder/runs.jsonl");
+        let error = open_json(&path).expect_err("the folder does not exist");
+        assert!(error.contains("check that its folder exists"), "{error}");
+    }
+
+    #[test]
     fn corpus_bounds_rank_and_streams() {
         let corpus = Corpus {
             words: (0..50).map(|i| i.to_string()).collect(),

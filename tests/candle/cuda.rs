@@ -33,7 +33,9 @@ const SHAPES: [(usize, usize); 13] = [
     (2, 131_072),
 ];
 
-/// The largest difference allowed, as a fraction of the largest magnitude in the reference.
+/// Returns the largest difference allowed, as a fraction of the largest magnitude in the
+/// reference.
+///
 /// f32 and f64: both engines accumulate in the compute type in a fixed order, but not in the
 /// same order, so the bound is a few units in the last place. f16 (unit roundoff 2^-11) and
 /// bf16 (2^-8): each engine rounds its f32 result once, so the results may differ by one unit
@@ -61,9 +63,9 @@ fn gpu() -> Option<Device> {
 
 /// Asserts `|got - want| <= tol * max |want|` where `want` is finite, and the same infinity or
 /// NaN where it is not.
-fn assert_close(what: &str, got: &Tensor, want: &Tensor, tol: f64) {
+fn assert_close(case: &str, got: &Tensor, want: &Tensor, tol: f64) {
     let (got, want) = (flat_f64(got), flat_f64(want));
-    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+    assert_eq!(got.len(), want.len(), "{case}: lengths differ");
     let scale = want
         .iter()
         .filter(|v| v.is_finite())
@@ -72,13 +74,13 @@ fn assert_close(what: &str, got: &Tensor, want: &Tensor, tol: f64) {
         if w.is_finite() {
             assert!(
                 (g - w).abs() <= tol * scale,
-                "{what}: element {i} is {g:e} on the GPU and {w:e} on the CPU (bound {:e})",
+                "{case}: element {i} is {g:e} on the GPU and {w:e} on the CPU (bound {:e})",
                 tol * scale
             );
         } else {
             assert!(
                 g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
-                "{what}: element {i} is {g} on the GPU and {w} on the CPU"
+                "{case}: element {i} is {g} on the GPU and {w} on the CPU"
             );
         }
     }
@@ -132,16 +134,16 @@ fn forward_and_gradients_match_cpu() -> candle_core::Result<()> {
             let w_gpu = w_cpu.to_device(&gpu)?;
             for activation in ACTIVATIONS {
                 for log_output in [false, true] {
-                    let what = format!("{dtype:?} {rows}x{cols} {activation:?} log={log_output}");
+                    let case = format!("{dtype:?} {rows}x{cols} {activation:?} log={log_output}");
                     let (y_cpu, g_cpu) =
                         forward_and_gradient(&z_cpu, &w_cpu, activation, log_output)?;
                     let (y_gpu, g_gpu) =
                         forward_and_gradient(&z_gpu, &w_gpu, activation, log_output)?;
-                    assert!(y_gpu.device().is_cuda(), "{what}: output left the GPU");
-                    assert_eq!(y_gpu.dtype(), dtype, "{what}");
-                    assert_close(&format!("{what} output"), &y_gpu, &y_cpu, tolerance(dtype));
+                    assert!(y_gpu.device().is_cuda(), "{case}: output left the GPU");
+                    assert_eq!(y_gpu.dtype(), dtype, "{case}");
+                    assert_close(&format!("{case} output"), &y_gpu, &y_cpu, tolerance(dtype));
                     assert_close(
-                        &format!("{what} gradient"),
+                        &format!("{case} gradient"),
                         &g_gpu,
                         &g_cpu,
                         tolerance(dtype),
@@ -180,7 +182,7 @@ fn cross_entropy_matches_cpu() -> candle_core::Result<()> {
                         reduction,
                         ..CrossEntropyOptions::default()
                     };
-                    let what = format!("{dtype:?} {rows}x{cols} {activation:?} {reduction:?}");
+                    let case = format!("{dtype:?} {rows}x{cols} {activation:?} {reduction:?}");
                     let run = |z: &Tensor, t: &Tensor| -> candle_core::Result<(Tensor, Tensor)> {
                         let var = Var::from_tensor(z)?;
                         let loss = ssm::cross_entropy(var.as_tensor(), t, activation, &options)?;
@@ -200,14 +202,14 @@ fn cross_entropy_matches_cpu() -> candle_core::Result<()> {
                     };
                     let (loss_cpu, grad_cpu) = run(&z_cpu, &t_cpu)?;
                     let (loss_gpu, grad_gpu) = run(&z_gpu, &t_gpu)?;
-                    assert_eq!(loss_gpu.dims(), loss_cpu.dims(), "{what}");
-                    assert_eq!(loss_gpu.dtype(), loss_cpu.dtype(), "{what}");
+                    assert_eq!(loss_gpu.dims(), loss_cpu.dims(), "{case}");
+                    assert_eq!(loss_gpu.dtype(), loss_cpu.dtype(), "{case}");
                     // Losses are accumulated in f32 (f64 for f64 logits) from the same rounded
                     // logits, so they get the compute type's tolerance.
                     let loss_tol = if dtype == DType::F64 { 1e-12 } else { 1e-5 };
-                    assert_close(&format!("{what} loss"), &loss_gpu, &loss_cpu, loss_tol);
+                    assert_close(&format!("{case} loss"), &loss_gpu, &loss_cpu, loss_tol);
                     assert_close(
-                        &format!("{what} gradient"),
+                        &format!("{case} gradient"),
                         &grad_gpu,
                         &grad_cpu,
                         tolerance(dtype),
